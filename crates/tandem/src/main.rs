@@ -4,8 +4,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod logs;
+mod play;
+
 #[derive(Parser)]
-#[command(name = "tandem", version, about = "Kubernetes pods with native sidecars on one machine")]
+#[command(
+    name = "tandem",
+    version,
+    about = "Kubernetes pods with native sidecars on one machine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -13,6 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the pods of some manifests on this machine and watch them like
+    /// `kubectl get pods -w`; exits 0 when every pod Succeeded, 1 otherwise.
+    Play(play::PlayArgs),
     /// Internal: the per-pod namespace holder.
     #[command(hide = true)]
     Sandbox {
@@ -30,7 +40,55 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        // The helpers fork and enter namespaces: they must stay single-threaded, so they
+        // run before any async runtime exists.
         Command::Sandbox { args } => node::runtime::sandbox::main(&args),
         Command::Shim { args } => node::runtime::shim::main(&args),
+        Command::Play(args) => run_async(play::run(args)),
     }
+}
+
+fn run_async(fut: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: starting the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Pods need namespaces and mounts: say so plainly instead of failing half-way.
+pub(crate) fn require_root(what: &str) -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        anyhow::bail!("{what} needs root: pods run in their own Linux namespaces (try sudo)")
+    }
+}
+
+/// This machine's node name: its hostname, lower-cased as Kubernetes does.
+pub(crate) fn node_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+        .to_lowercase()
 }

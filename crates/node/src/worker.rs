@@ -1,0 +1,739 @@
+//! The pod worker: observe -> plan -> act, for one pod, until the planner says `Done`.
+//!
+//! All decisions are the planner's. The worker only turns actions into runtime calls
+//! (each in its own task), and turns what those tasks report back into the
+//! [`Observation`] the planner reads next. A worker never blocks on a runtime call: the
+//! loop keeps planning while containers start, hooks run and stops are in progress.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{Container, Pod, PodStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::access::ContainerAccess;
+use crate::hook;
+use crate::planner::{
+    self, Action, BackoffConfig, ContainerKind, ContainerObservation, Event, Exited, HookState,
+    Instance, InstanceState, Observation, PlanInput, ProbeResult, SandboxState, StartError,
+    StopIssued, StopReason, Termination,
+};
+use crate::probe::{self, ProbeKind, ProbeUpdate};
+use crate::runtime::{
+    ContainerHandle, ExitInfo, ProcessRuntime, ResolveContext, Sandbox, SandboxSpec,
+    VolumeSources,
+};
+
+/// Where a worker sends what others may want to see.
+pub trait PodSink: Send + Sync {
+    /// The pod with a new status (published only when the status changed).
+    fn status(&self, pod: &Pod);
+    /// A Kubernetes event about the pod.
+    fn event(&self, pod: &Pod, event: &Event);
+    /// A container instance started writing to this log file.
+    fn log_file(&self, pod: &Pod, container: &str, path: PathBuf) {
+        let _ = (pod, container, path);
+    }
+    /// The worker is done: every container and the sandbox are gone; `pod` is final.
+    fn finished(&self, pod: &Pod);
+}
+
+/// Settings shared by every worker of an agent.
+#[derive(Clone)]
+pub struct WorkerConfig {
+    pub node_name: String,
+    pub backoff: BackoffConfig,
+}
+
+/// What the worker's tasks report back.
+enum Report {
+    SandboxReady(Result<Sandbox, String>),
+    SandboxStopped,
+    Started {
+        name: String,
+        result: Result<Started, StartError>,
+    },
+    PostStart {
+        name: String,
+        id: String,
+        result: Result<(), String>,
+    },
+    Exited {
+        name: String,
+        id: String,
+        exit: ExitInfo,
+    },
+    PreStop {
+        name: String,
+        result: Result<(), String>,
+    },
+    Probe(ProbeUpdate),
+    /// Plan again (after a delay that keeps a failing operation from spinning).
+    Retry,
+}
+
+struct Started {
+    handle: ContainerHandle,
+    access: Arc<dyn ContainerAccess>,
+    image: String,
+    started_at: Timestamp,
+    has_post_start: bool,
+}
+
+/// Live parts of a running container instance that the planner does not see.
+struct Live {
+    id: String,
+    handle: ContainerHandle,
+    access: Arc<dyn ContainerAccess>,
+    probes: CancellationToken,
+}
+
+/// A handle to a running pod worker.
+pub struct PodHandle {
+    delete: watch::Sender<Option<u32>>,
+    pod: watch::Receiver<Pod>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl PodHandle {
+    /// Requests a graceful delete with this grace period (None = the pod's own).
+    pub fn delete(&self, grace_seconds: Option<u32>) {
+        self.delete.send_modify(|d| {
+            // A later delete may shorten the grace, never lengthen it (as the API server).
+            let grace = grace_seconds.unwrap_or(u32::MAX);
+            *d = Some(d.map_or(grace, |old| old.min(grace)));
+        });
+    }
+
+    /// The latest pod object (spec + reported status).
+    pub fn watch(&self) -> watch::Receiver<Pod> {
+        self.pod.clone()
+    }
+
+    /// Waits until the worker has finished (pod terminal, everything stopped).
+    pub async fn finished(self) {
+        let _ = self.done.await;
+    }
+}
+
+/// Starts a worker for `pod` (already defaulted and validated, with uid and nodeName set).
+pub fn spawn_pod(
+    runtime: ProcessRuntime,
+    config: WorkerConfig,
+    sources: Arc<VolumeSources>,
+    sink: Arc<dyn PodSink>,
+    pod: Pod,
+) -> PodHandle {
+    let (delete_tx, delete_rx) = watch::channel(None);
+    let (pod_tx, pod_rx) = watch::channel(pod.clone());
+    let worker = Worker::new(runtime, config, sources, sink, pod, pod_tx);
+    let done = tokio::spawn(worker.run(delete_rx));
+    PodHandle {
+        delete: delete_tx,
+        pod: pod_rx,
+        done,
+    }
+}
+
+struct Worker {
+    runtime: ProcessRuntime,
+    config: WorkerConfig,
+    sources: Arc<VolumeSources>,
+    sink: Arc<dyn PodSink>,
+    pod: Pod,
+    published: watch::Sender<Pod>,
+    obs: Observation,
+    backoff: planner::Backoff,
+    sandbox: Option<Sandbox>,
+    sandbox_pending: bool,
+    live: BTreeMap<String, Live>,
+    tx: mpsc::UnboundedSender<Report>,
+    rx: mpsc::UnboundedReceiver<Report>,
+    serial: u64,
+}
+
+impl Worker {
+    fn new(
+        runtime: ProcessRuntime,
+        config: WorkerConfig,
+        sources: Arc<VolumeSources>,
+        sink: Arc<dyn PodSink>,
+        pod: Pod,
+        published: watch::Sender<Pod>,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            runtime,
+            config,
+            sources,
+            sink,
+            pod,
+            published,
+            obs: Observation::default(),
+            backoff: planner::Backoff::new(),
+            sandbox: None,
+            sandbox_pending: false,
+            live: BTreeMap::new(),
+            tx,
+            rx,
+            serial: 0,
+        }
+    }
+
+    async fn run(mut self, mut delete: watch::Receiver<Option<u32>>) {
+        loop {
+            let now = Timestamp::now();
+            let plan = planner::plan(PlanInput {
+                pod: &self.pod,
+                observation: &self.obs,
+                backoff: &self.backoff,
+                backoff_config: &self.config.backoff,
+                previous_status: self.pod.status.as_ref(),
+                now,
+            });
+            self.backoff = plan.backoff;
+            self.publish(plan.status);
+            let mut done = false;
+            for action in plan.actions {
+                done |= matches!(action, Action::Done);
+                self.act(action, now);
+            }
+            if done {
+                break;
+            }
+            let sleep = plan.wake_at.map(|at| {
+                let wait = at.duration_since(Timestamp::now());
+                Duration::try_from(wait).unwrap_or(Duration::ZERO)
+            });
+            tokio::select! {
+                report = self.rx.recv() => {
+                    if let Some(report) = report {
+                        self.observe(report);
+                    }
+                    // Take everything else that is already queued before planning again.
+                    while let Ok(report) = self.rx.try_recv() {
+                        self.observe(report);
+                    }
+                }
+                changed = delete.changed(), if self.pod.metadata.deletion_timestamp.is_none() => {
+                    if changed.is_ok() {
+                        let requested = *delete.borrow_and_update();
+                        if let Some(grace) = requested {
+                            self.mark_deleted(grace);
+                        }
+                    }
+                }
+                _ = sleep_for(sleep) => {}
+            }
+        }
+        for live in self.live.values() {
+            live.probes.cancel();
+        }
+        self.sink.finished(&self.pod);
+    }
+
+    fn mark_deleted(&mut self, grace: u32) {
+        let spec_grace = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds)
+            .unwrap_or(30);
+        let grace = if grace == u32::MAX {
+            spec_grace
+        } else {
+            i64::from(grace)
+        };
+        self.pod.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        self.pod.metadata.deletion_grace_period_seconds = Some(grace);
+    }
+
+    fn publish(&mut self, status: PodStatus) {
+        if self.pod.status.as_ref() == Some(&status) {
+            return;
+        }
+        self.pod.status = Some(status);
+        self.sink.status(&self.pod);
+        let _ = self.published.send(self.pod.clone());
+    }
+
+    fn container(&self, name: &str) -> Option<(Container, ContainerKind)> {
+        let spec = self.pod.spec.as_ref()?;
+        if let Some(c) = spec.containers.iter().find(|c| c.name == name) {
+            return Some((c.clone(), ContainerKind::Main));
+        }
+        let c = spec.init_containers.as_ref()?.iter().find(|c| c.name == name)?;
+        let kind = if c.restart_policy.as_deref() == Some("Always") {
+            ContainerKind::Sidecar
+        } else {
+            ContainerKind::RegularInit
+        };
+        Some((c.clone(), kind))
+    }
+
+    fn act(&mut self, action: Action, now: Timestamp) {
+        match action {
+            Action::CreateSandbox => self.create_sandbox(),
+            Action::StartContainer { name, .. } => self.start_container(name),
+            Action::BeginTermination { cause, grace } => {
+                self.obs.termination = Some(Termination {
+                    cause,
+                    started_at: now,
+                    grace,
+                });
+            }
+            Action::RunPreStop { name, timeout } => self.run_pre_stop(name, timeout, now),
+            Action::StopContainer {
+                name,
+                grace,
+                reason,
+            } => self.stop_container(name, grace, reason, now),
+            Action::StopSandbox => self.stop_sandbox(),
+            Action::Event(event) => self.sink.event(&self.pod, &event),
+            Action::Done => {}
+        }
+    }
+
+    fn create_sandbox(&mut self) {
+        if self.sandbox_pending || self.obs.sandbox != SandboxState::None {
+            return;
+        }
+        self.sandbox_pending = true;
+        let runtime = self.runtime.clone();
+        let pod = self.pod.clone();
+        let sources = self.sources.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let meta = &pod.metadata;
+            let spec = SandboxSpec {
+                uid: meta.uid.clone().unwrap_or_default(),
+                name: meta.name.clone().unwrap_or_default(),
+                namespace: meta.namespace.clone().unwrap_or_default(),
+                hostname: pod_hostname(&pod),
+            };
+            let result = match runtime.create_sandbox(&spec).await {
+                Ok(sandbox) => match runtime.prepare_volumes(&sandbox, &pod, &sources) {
+                    Ok(()) => Ok(sandbox),
+                    Err(err) => {
+                        let _ = runtime.stop_sandbox(&sandbox).await;
+                        Err(err.to_string())
+                    }
+                },
+                Err(err) => Err(err.to_string()),
+            };
+            let _ = tx.send(Report::SandboxReady(result));
+        });
+    }
+
+    fn start_container(&mut self, name: String) {
+        let Some((container, _kind)) = self.container(&name) else {
+            return;
+        };
+        let Some(sandbox) = self.sandbox.clone() else {
+            return;
+        };
+        let obs = self.obs.containers.entry(name.clone()).or_default();
+        if obs.in_flight {
+            return;
+        }
+        obs.in_flight = true;
+        let attempt = obs.restart_count + u32::from(obs.current.is_some());
+        self.serial += 1;
+        let runtime = self.runtime.clone();
+        let pod = self.pod.clone();
+        let sources = self.sources.clone();
+        let node_name = self.config.node_name.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let ctx = ResolveContext::new(&node_name, &sources);
+            let started = async {
+                let spec = runtime.resolve(&sandbox, &pod, &container, &ctx)?;
+                let handle = runtime.start_container(&sandbox, &spec, attempt).await?;
+                let access = runtime.access(&sandbox, &handle);
+                Ok(Started {
+                    started_at: handle.started_at(),
+                    access,
+                    handle,
+                    image: container.image.clone().unwrap_or_default(),
+                    has_post_start: container
+                        .lifecycle
+                        .as_ref()
+                        .is_some_and(|l| l.post_start.is_some()),
+                })
+            }
+            .await;
+            let _ = tx.send(Report::Started {
+                name,
+                result: started,
+            });
+        });
+    }
+
+    fn run_pre_stop(&mut self, name: String, timeout: Duration, now: Timestamp) {
+        let Some(live) = self.live.get(&name) else {
+            return;
+        };
+        let Some(handler) = self
+            .container(&name)
+            .and_then(|(c, _)| c.lifecycle.and_then(|l| l.pre_stop))
+        else {
+            return;
+        };
+        let ports = self.ports(&name);
+        if let Some(obs) = self.obs.containers.get_mut(&name) {
+            obs.pre_stop = HookState::Running { since: now };
+        }
+        let access = live.access.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let result = hook::run_hook(&handler, access.as_ref(), &ports, timeout)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tx.send(Report::PreStop { name, result });
+        });
+    }
+
+    fn stop_container(&mut self, name: String, grace: Duration, reason: StopReason, now: Timestamp) {
+        let Some(live) = self.live.get(&name) else {
+            return;
+        };
+        let Some(obs) = self.obs.containers.get_mut(&name) else {
+            return;
+        };
+        if obs.stop.is_some() {
+            return;
+        }
+        obs.stop = Some(StopIssued { at: now, grace });
+        tracing::debug!(container = %name, ?grace, ?reason, "stopping container");
+        let runtime = self.runtime.clone();
+        let handle = live.handle.clone();
+        // The exit itself is reported by the instance's wait task.
+        tokio::spawn(async move {
+            runtime.stop_container(&handle, grace).await;
+        });
+    }
+
+    fn stop_sandbox(&mut self) {
+        if self.obs.sandbox != SandboxState::Ready {
+            return;
+        }
+        let Some(sandbox) = self.sandbox.take() else {
+            return;
+        };
+        for live in self.live.values() {
+            live.probes.cancel();
+        }
+        let runtime = self.runtime.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            if let Err(err) = runtime.stop_sandbox(&sandbox).await {
+                tracing::warn!(%err, "stopping the pod sandbox");
+            }
+            let _ = tx.send(Report::SandboxStopped);
+        });
+    }
+
+    fn ports(&self, name: &str) -> Vec<k8s_openapi::api::core::v1::ContainerPort> {
+        self.container(name)
+            .and_then(|(c, _)| c.ports)
+            .unwrap_or_default()
+    }
+
+    fn observe(&mut self, report: Report) {
+        match report {
+            Report::SandboxReady(Ok(sandbox)) => {
+                self.sandbox_pending = false;
+                self.sandbox = Some(sandbox);
+                self.obs.sandbox = SandboxState::Ready;
+            }
+            Report::SandboxReady(Err(message)) => {
+                self.sandbox_pending = false;
+                let event = Event {
+                    warning: true,
+                    reason: "FailedCreatePodSandBox".into(),
+                    message: format!("Failed to create pod sandbox: {message}"),
+                    container: None,
+                };
+                self.sink.event(&self.pod, &event);
+                // The next plan asks for the sandbox again; wait a little before it does.
+                self.sandbox_pending = true;
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = tx.send(Report::Retry);
+                });
+            }
+            Report::SandboxStopped => {
+                self.obs.sandbox = SandboxState::Stopped;
+            }
+            Report::Started { name, result } => self.observe_started(name, result),
+            Report::PostStart { name, id, result } => {
+                let now = Timestamp::now();
+                let Some(obs) = self.obs.containers.get_mut(&name) else {
+                    return;
+                };
+                obs.in_flight = false;
+                if let Some(instance) = obs.current.as_mut().filter(|i| i.id == id) {
+                    instance.post_start = match result {
+                        Ok(()) => HookState::Succeeded { finished_at: now },
+                        Err(message) => HookState::Failed {
+                            finished_at: now,
+                            message,
+                        },
+                    };
+                }
+                self.start_probers(&name, &id, false);
+            }
+            Report::Exited { name, id, exit } => {
+                if let Some(live) = self.live.get(&name).filter(|l| l.id == id) {
+                    live.probes.cancel();
+                    self.live.remove(&name);
+                }
+                if let Some(obs) = self.obs.containers.get_mut(&name)
+                    && let Some(instance) = obs.current.as_mut().filter(|i| i.id == id)
+                {
+                    instance.state = InstanceState::Exited(exit.into_exited());
+                }
+            }
+            Report::PreStop { name, result } => {
+                let now = Timestamp::now();
+                if let Err(message) = &result {
+                    let event = Event {
+                        warning: true,
+                        reason: "FailedPreStopHook".into(),
+                        message: message.clone(),
+                        container: Some(name.clone()),
+                    };
+                    self.sink.event(&self.pod, &event);
+                }
+                if let Some(obs) = self.obs.containers.get_mut(&name) {
+                    obs.pre_stop = match result {
+                        Ok(()) => HookState::Succeeded { finished_at: now },
+                        Err(message) => HookState::Failed {
+                            finished_at: now,
+                            message,
+                        },
+                    };
+                }
+            }
+            Report::Probe(update) => self.observe_probe(update),
+            Report::Retry => self.sandbox_pending = false,
+        }
+    }
+
+    fn observe_started(&mut self, name: String, result: Result<Started, StartError>) {
+        let Some(obs) = self.obs.containers.get_mut(&name) else {
+            return;
+        };
+        match result {
+            Err(err) => {
+                obs.in_flight = false;
+                obs.last_start_error = Some(err);
+            }
+            Ok(started) => {
+                let id = started.handle.id().to_string();
+                if let Some(old) = obs.current.take() {
+                    if let InstanceState::Exited(exited) = old.state {
+                        obs.previous = Some(exited);
+                    }
+                    obs.restart_count += 1;
+                }
+                obs.last_start_error = None;
+                obs.stop = None;
+                obs.in_flight = started.has_post_start;
+                obs.current = Some(Instance {
+                    id: id.clone(),
+                    image: started.image.clone(),
+                    state: InstanceState::Running {
+                        started_at: started.started_at,
+                    },
+                    post_start: if started.has_post_start {
+                        HookState::Running {
+                            since: started.started_at,
+                        }
+                    } else {
+                        HookState::NotRun
+                    },
+                    probes: Default::default(),
+                });
+                let probes = CancellationToken::new();
+                self.live.insert(
+                    name.clone(),
+                    Live {
+                        id: id.clone(),
+                        handle: started.handle.clone(),
+                        access: started.access.clone(),
+                        probes,
+                    },
+                );
+                self.sink
+                    .log_file(&self.pod, &name, self.runtime.log_path(&started.handle));
+                for (reason, message) in [
+                    ("Created", format!("Created container: {name}")),
+                    ("Started", format!("Started container {name}")),
+                ] {
+                    let event = Event {
+                        warning: false,
+                        reason: reason.into(),
+                        message,
+                        container: Some(name.clone()),
+                    };
+                    self.sink.event(&self.pod, &event);
+                }
+                // Wait for the exit.
+                let runtime = self.runtime.clone();
+                let handle = started.handle.clone();
+                let tx = self.tx.clone();
+                let wait_name = name.clone();
+                let wait_id = id.clone();
+                tokio::spawn(async move {
+                    let exit = runtime.wait(&handle).await;
+                    let _ = tx.send(Report::Exited {
+                        name: wait_name,
+                        id: wait_id,
+                        exit,
+                    });
+                });
+                if started.has_post_start {
+                    self.run_post_start(&name, &id, started.access);
+                } else {
+                    self.start_probers(&name, &id, false);
+                }
+            }
+        }
+    }
+
+    fn run_post_start(&mut self, name: &str, id: &str, access: Arc<dyn ContainerAccess>) {
+        let Some(handler) = self
+            .container(name)
+            .and_then(|(c, _)| c.lifecycle.and_then(|l| l.post_start))
+        else {
+            return;
+        };
+        let ports = self.ports(name);
+        let grace = Duration::from_secs(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64,
+        );
+        let tx = self.tx.clone();
+        let (name, id) = (name.to_string(), id.to_string());
+        tokio::spawn(async move {
+            // postStart has no timeout of its own in Kubernetes; bound it generously so a
+            // stuck hook cannot wedge the pod forever.
+            let timeout = grace.max(Duration::from_secs(120));
+            let result = hook::run_hook(&handler, access.as_ref(), &ports, timeout)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = tx.send(Report::PostStart { name, id, result });
+        });
+    }
+
+    /// Starts the probe workers for an instance: the startup probe first, the others once
+    /// it has succeeded (`after_startup`).
+    fn start_probers(&mut self, name: &str, id: &str, after_startup: bool) {
+        let Some((container, _)) = self.container(name) else {
+            return;
+        };
+        let Some(live) = self.live.get(name).filter(|l| l.id == id) else {
+            return;
+        };
+        let ports = container.ports.clone().unwrap_or_default();
+        let mut kinds = Vec::new();
+        if !after_startup && let Some(p) = container.startup_probe.clone() {
+            kinds.push((ProbeKind::Startup, p));
+        } else {
+            if let Some(p) = container.liveness_probe.clone() {
+                kinds.push((ProbeKind::Liveness, p));
+            }
+            if let Some(p) = container.readiness_probe.clone() {
+                kinds.push((ProbeKind::Readiness, p));
+            }
+        }
+        for (kind, probe) in kinds {
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            probe::spawn_prober(probe::ProberSpec {
+                container: name.to_string(),
+                instance: id.to_string(),
+                kind,
+                probe,
+                ports: ports.clone(),
+                access: live.access.clone(),
+                cancel: live.probes.child_token(),
+                updates: tx,
+            });
+            let reports = self.tx.clone();
+            tokio::spawn(async move {
+                while let Some(update) = rx.recv().await {
+                    if reports.send(Report::Probe(update)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+
+    fn observe_probe(&mut self, update: ProbeUpdate) {
+        if let Some(event) = update.event.clone() {
+            self.sink.event(&self.pod, &event);
+        }
+        let Some(result) = update.result else {
+            return;
+        };
+        let name = update.container.clone();
+        let Some(obs) = self.obs.containers.get_mut(&name) else {
+            return;
+        };
+        let Some(instance) = obs.current.as_mut().filter(|i| i.id == update.instance) else {
+            return;
+        };
+        match update.kind {
+            ProbeKind::Startup => instance.probes.startup = Some(result),
+            ProbeKind::Readiness => instance.probes.readiness = Some(result),
+            ProbeKind::Liveness => instance.probes.liveness = Some(result),
+        }
+        if update.kind == ProbeKind::Startup && result == ProbeResult::Success {
+            let id = update.instance.clone();
+            self.start_probers(&name, &id, true);
+        }
+    }
+}
+
+async fn sleep_for(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The hostname of a pod: `spec.hostname` if set, else the pod name (truncated to 63).
+fn pod_hostname(pod: &Pod) -> String {
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .or_else(|| pod.metadata.name.clone())
+        .unwrap_or_default();
+    name.chars().take(63).collect()
+}
+
+impl ExitInfo {
+    fn into_exited(self) -> Exited {
+        Exited {
+            exit_code: self.exit_code,
+            signal: self.signal,
+            reason: self.reason,
+            message: self.message,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+        }
+    }
+}

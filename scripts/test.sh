@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The one test command (README "Quick start"): installs what the tests need on a fresh
+# Debian machine, then runs every test: pure unit tests, integration tests and the
+# root-only tests with real namespaces and processes. Run it as root; under CI=true a
+# root-only test whose prerequisites are missing fails instead of skipping.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Programs the example pods and the root tests run inside containers (host image mode).
+missing=()
+for tool in curl python3 sh sleep; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl python3 coreutils >/dev/null
+    else
+        echo "missing programs: ${missing[*]} (install them, or run as root on Debian)" >&2
+        exit 1
+    fi
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install --locked cargo-nextest
+fi
+
+cargo build --workspace --all-targets
+cargo nextest run --workspace --no-fail-fast "$@"
