@@ -1,1 +1,10 @@
+//! Kubernetes glue for tandem: decoding manifests with positions, defaulting,
+//! validation with Kubernetes' field paths and messages, and the `kubectl get pods`
+//! printer. No I/O.
 #![forbid(unsafe_code)]
+
+pub mod decode;
+pub mod defaults;
+pub mod printer;
+pub mod table;
+pub mod validation;

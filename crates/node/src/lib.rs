@@ -3,3 +3,7 @@
 
 pub mod planner;
 pub mod access;
+pub mod runtime;
+pub mod probe;
+pub mod hook;
+pub mod worker;

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::ContainerAccess;
 use crate::hook;
 use crate::planner::{
-    self, Action, BackoffConfig, ContainerKind, ContainerObservation, Event, Exited, HookState,
+    self, Action, BackoffConfig, ContainerKind, Event, Exited, HookState,
     Instance, InstanceState, Observation, PlanInput, ProbeResult, SandboxState, StartError,
     StopIssued, StopReason, Termination,
 };
@@ -88,6 +88,8 @@ struct Started {
 /// Live parts of a running container instance that the planner does not see.
 struct Live {
     id: String,
+    /// When the process started, on tokio's clock (probe initial delays count from it).
+    started: tokio::time::Instant,
     handle: ContainerHandle,
     access: Arc<dyn ContainerAccess>,
     probes: CancellationToken,
@@ -154,7 +156,6 @@ struct Worker {
     live: BTreeMap<String, Live>,
     tx: mpsc::UnboundedSender<Report>,
     rx: mpsc::UnboundedReceiver<Report>,
-    serial: u64,
 }
 
 impl Worker {
@@ -181,7 +182,6 @@ impl Worker {
             live: BTreeMap::new(),
             tx,
             rx,
-            serial: 0,
         }
     }
 
@@ -199,10 +199,15 @@ impl Worker {
             self.backoff = plan.backoff;
             self.publish(plan.status);
             let mut done = false;
+            let mut starts = Vec::new();
             for action in plan.actions {
                 done |= matches!(action, Action::Done);
-                self.act(action, now);
+                match action {
+                    Action::StartContainer { name, .. } => starts.push(name),
+                    other => self.act(other, now),
+                }
             }
+            self.start_containers(starts);
             if done {
                 break;
             }
@@ -279,7 +284,7 @@ impl Worker {
     fn act(&mut self, action: Action, now: Timestamp) {
         match action {
             Action::CreateSandbox => self.create_sandbox(),
-            Action::StartContainer { name, .. } => self.start_container(name),
+            Action::StartContainer { name, .. } => self.start_containers(vec![name]),
             Action::BeginTermination { cause, grace } => {
                 self.obs.termination = Some(Termination {
                     cause,
@@ -330,47 +335,80 @@ impl Worker {
         });
     }
 
-    fn start_container(&mut self, name: String) {
-        let Some((container, _kind)) = self.container(&name) else {
-            return;
-        };
+    /// Starts containers one after another in one task, each with its postStart hook, as
+    /// the kubelet does within one sync (S3): the next start waits for the previous hook.
+    fn start_containers(&mut self, names: Vec<String>) {
         let Some(sandbox) = self.sandbox.clone() else {
             return;
         };
-        let obs = self.obs.containers.entry(name.clone()).or_default();
-        if obs.in_flight {
+        let mut batch = Vec::new();
+        for name in names {
+            let Some((container, _kind)) = self.container(&name) else {
+                continue;
+            };
+            let obs = self.obs.containers.entry(name.clone()).or_default();
+            if obs.in_flight {
+                continue;
+            }
+            obs.in_flight = true;
+            let attempt = obs.restart_count + u32::from(obs.current.is_some());
+            batch.push((container, attempt));
+        }
+        if batch.is_empty() {
             return;
         }
-        obs.in_flight = true;
-        let attempt = obs.restart_count + u32::from(obs.current.is_some());
-        self.serial += 1;
         let runtime = self.runtime.clone();
         let pod = self.pod.clone();
         let sources = self.sources.clone();
         let node_name = self.config.node_name.clone();
         let tx = self.tx.clone();
+        let hook_timeout = Duration::from_secs(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .unwrap_or(30)
+                .max(0) as u64,
+        )
+        // postStart has no timeout of its own in Kubernetes; bound it generously so a
+        // stuck hook cannot wedge the pod forever.
+        .max(Duration::from_secs(120));
         tokio::spawn(async move {
             let ctx = ResolveContext::new(&node_name, &sources);
-            let started = async {
-                let spec = runtime.resolve(&sandbox, &pod, &container, &ctx)?;
-                let handle = runtime.start_container(&sandbox, &spec, attempt).await?;
-                let access = runtime.access(&sandbox, &handle);
-                Ok(Started {
-                    started_at: handle.started_at(),
-                    access,
-                    handle,
-                    image: container.image.clone().unwrap_or_default(),
-                    has_post_start: container
-                        .lifecycle
-                        .as_ref()
-                        .is_some_and(|l| l.post_start.is_some()),
-                })
+            for (container, attempt) in batch {
+                let name = container.name.clone();
+                let post_start = container.lifecycle.as_ref().and_then(|l| l.post_start.clone());
+                let started = async {
+                    let spec = runtime.resolve(&sandbox, &pod, &container, &ctx)?;
+                    let handle = runtime.start_container(&sandbox, &spec, attempt).await?;
+                    let access = runtime.access(&sandbox, &handle);
+                    Ok(Started {
+                        started_at: handle.started_at(),
+                        access,
+                        handle,
+                        image: container.image.clone().unwrap_or_default(),
+                        has_post_start: post_start.is_some(),
+                    })
+                }
+                .await;
+                let hook = match (&started, post_start) {
+                    (Ok(s), Some(handler)) => {
+                        Some((s.access.clone(), s.handle.id().to_string(), handler))
+                    }
+                    _ => None,
+                };
+                let _ = tx.send(Report::Started {
+                    name: name.clone(),
+                    result: started,
+                });
+                if let Some((access, id, handler)) = hook {
+                    let ports = container.ports.clone().unwrap_or_default();
+                    let result = hook::run_hook(&handler, access.as_ref(), &ports, hook_timeout)
+                        .await
+                        .map_err(|e| hook::failure_message(&handler, &name, &pod, &e));
+                    let _ = tx.send(Report::PostStart { name, id, result });
+                }
             }
-            .await;
-            let _ = tx.send(Report::Started {
-                name,
-                result: started,
-            });
         });
     }
 
@@ -390,10 +428,16 @@ impl Worker {
         }
         let access = live.access.clone();
         let tx = self.tx.clone();
+        let pod = self.pod.clone();
         tokio::spawn(async move {
-            let result = hook::run_hook(&handler, access.as_ref(), &ports, timeout)
-                .await
-                .map_err(|e| e.to_string());
+            let result = hook::run_hook(&handler, access.as_ref(), &ports, timeout).await;
+            // A preStop cut short by the grace period is not an error event (as the kubelet).
+            let result = match result {
+                Err(err) if !err.is_timeout() => {
+                    Err(hook::failure_message(&handler, &name, &pod, &err))
+                }
+                _ => Ok(()),
+            };
             let _ = tx.send(Report::PreStop { name, result });
         });
     }
@@ -545,6 +589,7 @@ impl Worker {
                 }
                 obs.last_start_error = None;
                 obs.stop = None;
+                obs.pre_stop = HookState::NotRun;
                 obs.in_flight = started.has_post_start;
                 obs.current = Some(Instance {
                     id: id.clone(),
@@ -566,6 +611,12 @@ impl Worker {
                     name.clone(),
                     Live {
                         id: id.clone(),
+                        started: tokio::time::Instant::now()
+                            .checked_sub(
+                                Duration::try_from(Timestamp::now().duration_since(started.started_at))
+                                    .unwrap_or_default(),
+                            )
+                            .unwrap_or_else(tokio::time::Instant::now),
                         handle: started.handle.clone(),
                         access: started.access.clone(),
                         probes,
@@ -599,42 +650,12 @@ impl Worker {
                         exit,
                     });
                 });
-                if started.has_post_start {
-                    self.run_post_start(&name, &id, started.access);
-                } else {
+                // With a postStart hook, probing starts once the hook has returned.
+                if !started.has_post_start {
                     self.start_probers(&name, &id, false);
                 }
             }
         }
-    }
-
-    fn run_post_start(&mut self, name: &str, id: &str, access: Arc<dyn ContainerAccess>) {
-        let Some(handler) = self
-            .container(name)
-            .and_then(|(c, _)| c.lifecycle.and_then(|l| l.post_start))
-        else {
-            return;
-        };
-        let ports = self.ports(name);
-        let grace = Duration::from_secs(
-            self.pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds)
-                .unwrap_or(30)
-                .max(0) as u64,
-        );
-        let tx = self.tx.clone();
-        let (name, id) = (name.to_string(), id.to_string());
-        tokio::spawn(async move {
-            // postStart has no timeout of its own in Kubernetes; bound it generously so a
-            // stuck hook cannot wedge the pod forever.
-            let timeout = grace.max(Duration::from_secs(120));
-            let result = hook::run_hook(&handler, access.as_ref(), &ports, timeout)
-                .await
-                .map_err(|e| e.to_string());
-            let _ = tx.send(Report::PostStart { name, id, result });
-        });
     }
 
     /// Starts the probe workers for an instance: the startup probe first, the others once
@@ -660,7 +681,7 @@ impl Worker {
         }
         for (kind, probe) in kinds {
             let (tx, mut rx) = mpsc::unbounded_channel();
-            probe::spawn_prober(probe::ProberSpec {
+            probe::spawn_prober_at(probe::ProberSpec {
                 container: name.to_string(),
                 instance: id.to_string(),
                 kind,
@@ -669,7 +690,7 @@ impl Worker {
                 access: live.access.clone(),
                 cancel: live.probes.child_token(),
                 updates: tx,
-            });
+            }, live.started);
             let reports = self.tx.clone();
             tokio::spawn(async move {
                 while let Some(update) = rx.recv().await {

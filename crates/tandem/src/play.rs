@@ -81,16 +81,17 @@ pub struct Manifests {
 }
 
 /// Reads, decodes, defaults and validates every file. Errors are user errors (exit 2).
+/// Warnings (as the API server returns them) are printed to stderr.
 pub fn load(files: &[PathBuf], gates: &FeatureGates) -> anyhow::Result<Manifests> {
     let mut pods = Vec::new();
     let mut sources = VolumeSources::default();
     for file in files {
         let (name, text) = read_file(file)?;
-        for object in api::decode::decode_manifests(&name, &text)? {
-            match object {
-                Object::Pod(pod) => pods.push(*pod),
-                Object::ConfigMap(cm) => sources.add_config_map(*cm),
-                Object::Secret(secret) => sources.add_secret(*secret),
+        for manifest in api::decode::decode_manifests_located(&name, &text)? {
+            match manifest.object {
+                Object::Pod(pod) => pods.push((*pod, name.clone(), manifest.line, manifest.column)),
+                Object::ConfigMap(cm) => sources.add_config_map(cm),
+                Object::Secret(secret) => sources.add_secret(secret),
             }
         }
     }
@@ -98,18 +99,36 @@ pub fn load(files: &[PathBuf], gates: &FeatureGates) -> anyhow::Result<Manifests
         anyhow::bail!("no pods in {}", display_files(files));
     }
     let mut seen = BTreeMap::new();
-    for pod in &mut pods {
-        api::defaults::default_pod(pod);
-        api::validation::validate_pod(pod, gates)?;
+    let mut admitted = Vec::new();
+    for (mut pod, file, line, column) in pods {
+        // The API server's order: warnings on the object as sent, then defaults, then the
+        // fields of disabled features are dropped, then validation.
+        for warning in api::validation::pod_warnings(&pod) {
+            eprintln!("Warning: {warning}");
+        }
+        api::defaults::default_pod(&mut pod);
+        if let Some(spec) = pod.spec.as_mut() {
+            api::validation::drop_disabled_fields(spec, gates);
+        }
+        api::validation::validate_pod(&pod, gates)
+            .map_err(|err| anyhow::anyhow!("{file}:{line}:{column}: {err}"))?;
         let key = (
             pod.metadata.namespace.clone().unwrap_or_default(),
             pod.metadata.name.clone().unwrap_or_default(),
         );
         if seen.insert(key.clone(), ()).is_some() {
-            anyhow::bail!("pods \"{}\" already exists (namespace {})", key.1, key.0);
+            anyhow::bail!(
+                "{file}:{line}:{column}: pods \"{}\" already exists in namespace \"{}\"",
+                key.1,
+                key.0
+            );
         }
+        admitted.push(pod);
     }
-    Ok(Manifests { pods, sources })
+    Ok(Manifests {
+        pods: admitted,
+        sources,
+    })
 }
 
 fn read_file(file: &Path) -> anyhow::Result<(String, String)> {
@@ -274,6 +293,10 @@ pub async fn run(args: PlayArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             Some((pod, done)) = updates.recv() => {
                 printer.row(&pod, "MODIFIED");
+                if done && pod.metadata.deletion_timestamp.is_some() {
+                    // kubectl shows the removal of a deleted pod as one more row.
+                    printer.row(&pod, "DELETED");
+                }
                 finished += usize::from(done);
                 latest.insert(pod_key(&pod), pod);
             }
@@ -398,69 +421,62 @@ pub fn new_uid() -> String {
 struct WatchPrinter {
     out: Arc<Mutex<std::io::Stdout>>,
     events: bool,
-    widths: [usize; 4],
-    last: BTreeMap<String, [String; 4]>,
+    table: api::printer::WatchTable,
+    last: BTreeMap<String, Vec<String>>,
 }
 
 impl WatchPrinter {
     fn new(out: Arc<Mutex<std::io::Stdout>>, events: bool, pods: &[Pod]) -> Self {
-        let name = pods
-            .iter()
-            .map(|p| p.metadata.name.as_deref().unwrap_or("").len())
-            .max()
-            .unwrap_or(0)
-            .max(4);
-        // READY, STATUS, RESTARTS are sized for their common values so that rows line up
-        // without knowing the future (kubectl's own watch output has the same trade-off).
-        let printer = Self {
-            out,
-            events,
-            widths: [name, 5, 16, 11],
-            last: BTreeMap::new(),
-        };
         let mut header = vec!["NAME", "READY", "STATUS", "RESTARTS", "AGE"];
         if events {
             header.insert(0, "EVENT");
         }
-        printer.print(&header.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        // Size the columns for the names and the common statuses, so that rows line up
+        // without knowing the future (kubectl's own watch output has the same trade-off).
+        let initial: Vec<Vec<String>> = pods
+            .iter()
+            .map(|p| {
+                let mut row = vec![
+                    p.metadata.name.clone().unwrap_or_default(),
+                    "0/0".into(),
+                    "Init:CrashLoopBackOff".into(),
+                    "0 (10s ago)".into(),
+                    "0s".into(),
+                ];
+                if events {
+                    row.insert(0, "MODIFIED".into());
+                }
+                row
+            })
+            .collect();
+        let table = api::printer::WatchTable::new(&header, &initial);
+        let printer = Self {
+            out,
+            events,
+            table,
+            last: BTreeMap::new(),
+        };
+        printer.print(printer.table.header_line());
         printer
     }
 
     fn row(&mut self, pod: &Pod, event: &str) {
         let row = api::printer::pod_row(pod, Timestamp::now());
+        let mut cells = row.cells();
+        let shown = cells[..cells.len() - 1].to_vec();
         let key = pod_key(pod);
-        let shown = [
-            row.name.clone(),
-            row.ready.clone(),
-            row.status.clone(),
-            row.restarts.clone(),
-        ];
-        if self.last.get(&key) == Some(&shown) {
+        if self.last.get(&key) == Some(&shown) && event != "DELETED" {
             return;
         }
         self.last.insert(key, shown);
-        let mut cells = vec![row.name, row.ready, row.status, row.restarts, row.age];
         if self.events {
             cells.insert(0, event.to_string());
         }
-        self.print(&cells);
+        let line = self.table.row_line(&cells);
+        self.print(line);
     }
 
-    fn print(&self, cells: &[String]) {
-        let mut line = String::new();
-        let offset = usize::from(self.events);
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                line.push_str(cell);
-                break;
-            }
-            let width = if i < offset {
-                8
-            } else {
-                self.widths[i - offset]
-            };
-            line.push_str(&format!("{cell:<width$}   "));
-        }
+    fn print(&self, line: String) {
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(out, "{}", line.trim_end());
         let _ = out.flush();

@@ -40,7 +40,9 @@ pub struct Exited {
 pub enum InstanceState {
     /// Created but not (yet) running: the runtime failed to start it, or a start is in flight.
     Created,
-    Running { started_at: Timestamp },
+    Running {
+        started_at: Timestamp,
+    },
     Exited(Exited),
 }
 
@@ -51,9 +53,16 @@ pub enum HookState {
     /// No hook defined, or not started yet.
     #[default]
     NotRun,
-    Running { since: Timestamp },
-    Succeeded { finished_at: Timestamp },
-    Failed { finished_at: Timestamp, message: String },
+    Running {
+        since: Timestamp,
+    },
+    Succeeded {
+        finished_at: Timestamp,
+    },
+    Failed {
+        finished_at: Timestamp,
+        message: String,
+    },
 }
 
 /// Latest result of one probe for the current instance.
@@ -108,12 +117,15 @@ pub struct ContainerObservation {
     pub previous: Option<Exited>,
     pub restart_count: u32,
     /// An action for this container is executing (start + postStart, or stop).
-    /// The planner issues nothing new for it except termination steps.
+    /// The planner issues nothing new for it except termination steps. While a start has
+    /// no instance yet, the container counts as alive for termination ordering; while
+    /// postStart runs (`post_start = Running`), the container is not yet started (S2).
     pub in_flight: bool,
     pub last_start_error: Option<StartError>,
     /// preStop progress during pod termination.
     pub pre_stop: HookState,
-    /// Set once a stop (signal + grace) was sent to `current`.
+    /// Set once a stop (signal + grace) was sent to `current`; reset to `None` when a new
+    /// instance replaces `current`.
     pub stop: Option<StopIssued>,
 }
 
@@ -147,10 +159,17 @@ pub enum SandboxState {
 }
 
 /// A CrashLoopBackOff record (B2), keyed by [`backoff_key`](super::backoff_key).
+///
+/// Entries are created and updated only by the planner; the worker just keeps the table.
+/// Keys ending in [`START_ERROR_SUFFIX`](super::START_ERROR_SUFFIX) pace retries of
+/// containers whose start failed without producing an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackoffEntry {
     pub delay: Duration,
     pub last_update: Timestamp,
+    /// `finishedAt` of the exit for which the `BackOff` event was already emitted, so one
+    /// crash yields one event however often the planner is called while waiting.
+    pub reported: Option<Timestamp>,
 }
 
 /// Backoff numbers (B1). Tests may shorten them; the defaults are Kubernetes'.
@@ -207,15 +226,30 @@ pub struct Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     CreateSandbox,
-    /// Create + start the container and run its postStart hook; restart_count is the
-    /// value to report once it runs.
-    StartContainer { name: String, kind: ContainerKind },
-    /// Begin a pod-level kill with the given budget; the worker records a [`Termination`].
-    BeginTermination { cause: KillCause, grace: Duration },
+    /// Create + start the container and run its postStart hook. Several starts in one plan
+    /// are in spec order; the kubelet runs them one after another.
+    StartContainer {
+        name: String,
+        kind: ContainerKind,
+    },
+    /// Begin a pod-level kill with the given budget; the worker records a [`Termination`]
+    /// with `started_at` = the plan's `now`. The kill steps follow in the same plan. Issued
+    /// again (cause `Deleted`) when a deletion ends the budget earlier than the current one.
+    BeginTermination {
+        cause: KillCause,
+        grace: Duration,
+    },
     /// Run the container's preStop hook, waiting at most `timeout`.
-    RunPreStop { name: String, timeout: Duration },
+    RunPreStop {
+        name: String,
+        timeout: Duration,
+    },
     /// Send the stop signal now and SIGKILL after `grace` (CRI StopContainer).
-    StopContainer { name: String, grace: Duration, reason: StopReason },
+    StopContainer {
+        name: String,
+        grace: Duration,
+        reason: StopReason,
+    },
     StopSandbox,
     Event(Event),
     /// The pod is finished: every container stopped, sandbox gone, status terminal.

@@ -1,0 +1,635 @@
+//! Pod volumes on disk: `emptyDir` directories, `configMap`/`secret`/`downwardAPI`/
+//! `projected` files rendered as the kubelet does, and `hostPath` type checks with the
+//! kubelet's messages. Containers get them through bind mounts made by the shim.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+
+use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
+
+use super::RuntimeError;
+use super::resolve::{
+    ResolveContext, VolumeSources, config_map_value, pod_field, resource_field, safe_relative,
+    secret_keys, secret_value,
+};
+
+/// The kubelet's default file mode for projected files (0644).
+const DEFAULT_MODE: i32 = 0o644;
+
+/// One file of a rendered volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileEntry {
+    /// Relative path inside the volume (may contain directories).
+    pub path: String,
+    pub data: Vec<u8>,
+    pub mode: u32,
+}
+
+fn mode_of(item: Option<i32>, default: i32) -> u32 {
+    (item.unwrap_or(default) as u32) & 0o7777
+}
+
+/// Files for a ConfigMap source; `Ok(vec![])` for a missing optional one.
+fn config_map_files(
+    sources: &VolumeSources,
+    namespace: &str,
+    name: &str,
+    items: Option<&[KeyToPath]>,
+    optional: bool,
+    default_mode: i32,
+) -> Result<Vec<FileEntry>, String> {
+    let Some(cm) = sources.config_map(namespace, name) else {
+        return if optional {
+            Ok(Vec::new())
+        } else {
+            Err(format!("configmap {name:?} not found"))
+        };
+    };
+    let mut files = Vec::new();
+    match items.filter(|i| !i.is_empty()) {
+        None => {
+            let keys = cm
+                .data
+                .iter()
+                .flat_map(|d| d.keys())
+                .chain(cm.binary_data.iter().flat_map(|d| d.keys()));
+            for key in keys {
+                files.push(FileEntry {
+                    path: key.clone(),
+                    data: config_map_value(cm, key).unwrap_or_default(),
+                    mode: mode_of(None, default_mode),
+                });
+            }
+        }
+        Some(items) => {
+            for item in items {
+                match config_map_value(cm, &item.key) {
+                    Some(data) => files.push(FileEntry {
+                        path: item.path.clone(),
+                        data,
+                        mode: mode_of(item.mode, default_mode),
+                    }),
+                    None if optional => {}
+                    None => {
+                        return Err(format!(
+                            "configmap references non-existent config key: {}",
+                            item.key
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Files for a Secret source; `Ok(vec![])` for a missing optional one.
+fn secret_files(
+    sources: &VolumeSources,
+    namespace: &str,
+    name: &str,
+    items: Option<&[KeyToPath]>,
+    optional: bool,
+    default_mode: i32,
+) -> Result<Vec<FileEntry>, String> {
+    let Some(secret) = sources.secret(namespace, name) else {
+        return if optional {
+            Ok(Vec::new())
+        } else {
+            Err(format!("secret {name:?} not found"))
+        };
+    };
+    let mut files = Vec::new();
+    match items.filter(|i| !i.is_empty()) {
+        None => {
+            for key in secret_keys(secret) {
+                files.push(FileEntry {
+                    data: secret_value(secret, &key).unwrap_or_default(),
+                    path: key,
+                    mode: mode_of(None, default_mode),
+                });
+            }
+        }
+        Some(items) => {
+            for item in items {
+                match secret_value(secret, &item.key) {
+                    Some(data) => files.push(FileEntry {
+                        path: item.path.clone(),
+                        data,
+                        mode: mode_of(item.mode, default_mode),
+                    }),
+                    None if optional => {}
+                    None => {
+                        return Err(format!(
+                            "secret references non-existent secret key: {}",
+                            item.key
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Files for downward API items (`metadata.*` field paths, or container resources).
+fn downward_files(
+    pod: &Pod,
+    items: &[DownwardAPIVolumeFile],
+    default_mode: i32,
+    ctx: &ResolveContext<'_>,
+) -> Result<Vec<FileEntry>, String> {
+    let mut files = Vec::new();
+    for item in items {
+        let value = if let Some(f) = &item.field_ref {
+            if !f.field_path.starts_with("metadata.") {
+                return Err(format!("unsupported fieldPath: {}", f.field_path));
+            }
+            pod_field(pod, &f.field_path, ctx)?
+        } else if let Some(r) = &item.resource_field_ref {
+            let name = r.container_name.as_deref().unwrap_or_default();
+            let spec = pod.spec.as_ref();
+            let container = spec
+                .into_iter()
+                .flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                })
+                .find(|c| c.name == name)
+                .ok_or_else(|| format!("container {name:?} not found"))?;
+            resource_field(
+                container,
+                &r.resource,
+                r.divisor.as_ref().map(|d| d.0.as_str()),
+                ctx,
+            )?
+        } else {
+            String::new()
+        };
+        files.push(FileEntry {
+            path: item.path.clone(),
+            data: value.into_bytes(),
+            mode: mode_of(item.mode, default_mode),
+        });
+    }
+    Ok(files)
+}
+
+/// The files of a volume that is rendered from objects, or `None` for other kinds.
+pub(crate) fn render(
+    pod: &Pod,
+    volume: &Volume,
+    ctx: &ResolveContext<'_>,
+) -> Result<Option<Vec<FileEntry>>, String> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let sources = ctx.sources;
+    let files = if let Some(cm) = &volume.config_map {
+        config_map_files(
+            sources,
+            namespace,
+            &cm.name,
+            cm.items.as_deref(),
+            cm.optional == Some(true),
+            cm.default_mode.unwrap_or(DEFAULT_MODE),
+        )?
+    } else if let Some(s) = &volume.secret {
+        let name = s.secret_name.as_deref().unwrap_or_default();
+        secret_files(
+            sources,
+            namespace,
+            name,
+            s.items.as_deref(),
+            s.optional == Some(true),
+            s.default_mode.unwrap_or(DEFAULT_MODE),
+        )?
+    } else if let Some(d) = &volume.downward_api {
+        downward_files(
+            pod,
+            d.items.as_deref().unwrap_or_default(),
+            d.default_mode.unwrap_or(DEFAULT_MODE),
+            ctx,
+        )?
+    } else if let Some(p) = &volume.projected {
+        let mode = p.default_mode.unwrap_or(DEFAULT_MODE);
+        let mut files = Vec::new();
+        for source in p.sources.iter().flatten() {
+            if let Some(cm) = &source.config_map {
+                files.extend(config_map_files(
+                    sources,
+                    namespace,
+                    &cm.name,
+                    cm.items.as_deref(),
+                    cm.optional == Some(true),
+                    mode,
+                )?);
+            } else if let Some(s) = &source.secret {
+                files.extend(secret_files(
+                    sources,
+                    namespace,
+                    &s.name,
+                    s.items.as_deref(),
+                    s.optional == Some(true),
+                    mode,
+                )?);
+            } else if let Some(d) = &source.downward_api {
+                files.extend(downward_files(
+                    pod,
+                    d.items.as_deref().unwrap_or_default(),
+                    mode,
+                    ctx,
+                )?);
+            } else {
+                return Err(
+                    "only configMap, secret and downwardAPI projections are supported".into(),
+                );
+            }
+        }
+        files
+    } else {
+        return Ok(None);
+    };
+    if let Some(bad) = files.iter().find(|f| !safe_relative(&f.path)) {
+        return Err(format!(
+            "invalid path {:?}: must be relative without '..'",
+            bad.path
+        ));
+    }
+    Ok(Some(files))
+}
+
+/// The kubelet's `hostPath` type check; `*OrCreate` types create what is missing.
+pub(crate) fn check_host_path(path: &Path, kind: Option<&str>) -> Result<(), String> {
+    let shown = path.display();
+    let meta = fs::metadata(path).ok();
+    let ft = meta.as_ref().map(|m| m.file_type());
+    let fail = |what: &str| Err(format!("hostPath type check failed: {shown} is not {what}"));
+    match kind.unwrap_or("") {
+        "" => Ok(()),
+        "DirectoryOrCreate" if meta.is_none() => {
+            fs::create_dir_all(path).map_err(|e| format!("failed to create {shown}: {e}"))
+        }
+        "FileOrCreate" if meta.is_none() => fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(drop)
+            .map_err(|e| format!("failed to create {shown}: {e}")),
+        "Directory" | "DirectoryOrCreate" => {
+            if ft.is_some_and(|t| t.is_dir()) {
+                Ok(())
+            } else {
+                fail("a directory")
+            }
+        }
+        "File" | "FileOrCreate" => {
+            if ft.is_some_and(|t| t.is_file()) {
+                Ok(())
+            } else {
+                fail("a file")
+            }
+        }
+        "Socket" => {
+            if ft.is_some_and(|t| t.is_socket()) {
+                Ok(())
+            } else {
+                fail("a socket file")
+            }
+        }
+        "CharDevice" => {
+            if ft.is_some_and(|t| t.is_char_device()) {
+                Ok(())
+            } else {
+                fail("a character device")
+            }
+        }
+        "BlockDevice" => {
+            if ft.is_some_and(|t| t.is_block_device()) {
+                Ok(())
+            } else {
+                fail("a block device")
+            }
+        }
+        other => Err(format!("{other} is an invalid volume type")),
+    }
+}
+
+/// Replaces the contents of `dir` (not `dir` itself, which may be bind-mounted already)
+/// with `files`.
+pub(crate) fn write_files(dir: &Path, files: &[FileEntry]) -> io::Result<()> {
+    fs::create_dir_all(dir)?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir_all(entry.path())?;
+        } else {
+            fs::remove_file(entry.path())?;
+        }
+    }
+    for f in files {
+        let path = dir.join(&f.path);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(&path, &f.data)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode))?;
+    }
+    Ok(())
+}
+
+/// Gives `fs_group` group ownership of everything under `dir`, as the kubelet does for
+/// `fsGroup`: files get group read (and write unless read-only), directories setgid.
+pub(crate) fn apply_fs_group(dir: &Path, gid: u32, read_only: bool) -> io::Result<()> {
+    let meta = fs::symlink_metadata(dir)?;
+    std::os::unix::fs::lchown(dir, None, Some(gid))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.is_dir() {
+        let extra = if read_only { 0o2550 } else { 0o2770 };
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode | extra))?;
+        for entry in fs::read_dir(dir)? {
+            apply_fs_group(&entry?.path(), gid, read_only)?;
+        }
+    } else if meta.is_file() {
+        let extra = if read_only { 0o440 } else { 0o660 };
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode | extra))?;
+    }
+    Ok(())
+}
+
+fn volume_error(volume: &str, message: impl Into<String>) -> RuntimeError {
+    RuntimeError::Volume {
+        volume: volume.to_owned(),
+        message: message.into(),
+    }
+}
+
+/// Sets up every volume of `pod` under `volumes_dir`.
+pub(crate) fn prepare(
+    pod: &Pod,
+    volumes_dir: &Path,
+    ctx: &ResolveContext<'_>,
+) -> Result<(), RuntimeError> {
+    let spec = pod.spec.as_ref();
+    let fs_group = spec
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|s| s.fs_group)
+        .and_then(|g| u32::try_from(g).ok());
+    for volume in spec.and_then(|s| s.volumes.as_deref()).unwrap_or_default() {
+        let name = &volume.name;
+        if !safe_relative(name) || name.contains('/') {
+            return Err(volume_error(name, "invalid volume name"));
+        }
+        let dir = volumes_dir.join(name);
+        if let Some(hp) = &volume.host_path {
+            check_host_path(Path::new(&hp.path), hp.type_.as_deref())
+                .map_err(|m| volume_error(name, m))?;
+            continue;
+        }
+        if volume.empty_dir.is_some() {
+            let io = |e: io::Error| volume_error(name, format!("creating {}: {e}", dir.display()));
+            fs::create_dir_all(&dir).map_err(io)?;
+            // emptyDir is world-writable, like the kubelet's.
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).map_err(io)?;
+            if let Some(gid) = fs_group {
+                apply_fs_group(&dir, gid, false).map_err(io)?;
+            }
+            continue;
+        }
+        let files = render(pod, volume, ctx)
+            .map_err(|m| volume_error(name, m))?
+            .ok_or_else(|| {
+                volume_error(
+                    name,
+                    "unsupported volume type (tandem supports emptyDir, hostPath, configMap, \
+                     secret, downwardAPI and projected)",
+                )
+            })?;
+        let io = |e: io::Error| volume_error(name, format!("writing {}: {e}", dir.display()));
+        write_files(&dir, &files).map_err(io)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io)?;
+        if let Some(gid) = fs_group {
+            apply_fs_group(&dir, gid, true).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1",
+                         "labels": {"tier": "front", "app": "web"},
+                         "annotations": {"msg": "a \"quoted\"\nvalue"}},
+            "spec": {"containers": [{"name": "app", "resources": {"limits": {"memory": "64Mi"}}}],
+                     "volumes": [
+                        {"name": "cfg", "configMap": {"name": "settings", "defaultMode": 256,
+                            "items": [{"key": "mode", "path": "conf/mode.txt", "mode": 384}, {"key": "bin", "path": "b"}]}},
+                        {"name": "all", "configMap": {"name": "settings"}},
+                        {"name": "creds", "secret": {"secretName": "creds"}},
+                        {"name": "info", "downwardAPI": {"items": [
+                            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+                            {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
+                            {"path": "name", "fieldRef": {"fieldPath": "metadata.name"}},
+                            {"path": "mem", "resourceFieldRef": {"containerName": "app", "resource": "limits.memory", "divisor": "1Mi"}}
+                        ]}},
+                        {"name": "proj", "projected": {"sources": [
+                            {"configMap": {"name": "settings", "items": [{"key": "mode", "path": "m"}]}},
+                            {"secret": {"name": "creds"}}
+                        ]}},
+                        {"name": "missing", "configMap": {"name": "nope"}},
+                        {"name": "maybe", "secret": {"secretName": "nope", "optional": true}},
+                        {"name": "badkey", "configMap": {"name": "settings", "items": [{"key": "zzz", "path": "z"}]}}
+                     ]}
+        }))
+        .expect("pod")
+    }
+
+    fn sources() -> VolumeSources {
+        let mut s = VolumeSources::default();
+        s.add_config_map(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "settings", "namespace": "shop"},
+                "data": {"mode": "fast"}, "binaryData": {"bin": "AAEC"}
+            }))
+            .expect("cm"),
+        );
+        s.add_secret(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "creds", "namespace": "shop"},
+                "data": {"password": "czNjcjN0"}
+            }))
+            .expect("secret"),
+        );
+        s
+    }
+
+    fn ctx(sources: &VolumeSources) -> ResolveContext<'_> {
+        ResolveContext {
+            node_name: "n".into(),
+            pod_ip: "127.0.0.1".into(),
+            host_ip: "127.0.0.1".into(),
+            sources,
+            node_cpu_millis: 2000,
+            node_memory_bytes: 1 << 30,
+        }
+    }
+
+    fn files(name: &str) -> Result<Option<Vec<FileEntry>>, String> {
+        let p = pod();
+        let s = sources();
+        let v = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .and_then(|vs| vs.iter().find(|v| v.name == name))
+            .cloned()
+            .expect("volume");
+        render(&p, &v, &ctx(&s))
+    }
+
+    fn entry(path: &str, data: &[u8], mode: u32) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            data: data.to_vec(),
+            mode,
+        }
+    }
+
+    #[test]
+    fn config_map_items_and_modes() {
+        assert_eq!(
+            files("cfg").expect("ok"),
+            Some(vec![
+                entry("conf/mode.txt", b"fast", 0o600),
+                entry("b", &[0, 1, 2], 0o400)
+            ])
+        );
+        assert_eq!(
+            files("all").expect("ok"),
+            Some(vec![
+                entry("mode", b"fast", 0o644),
+                entry("bin", &[0, 1, 2], 0o644)
+            ])
+        );
+        assert_eq!(
+            files("badkey"),
+            Err("configmap references non-existent config key: zzz".into())
+        );
+        assert_eq!(files("missing"), Err("configmap \"nope\" not found".into()));
+        assert_eq!(files("maybe"), Ok(Some(vec![])));
+    }
+
+    #[test]
+    fn secrets_are_decoded_and_projected_volumes_combine_sources() {
+        assert_eq!(
+            files("creds").expect("ok"),
+            Some(vec![entry("password", b"s3cr3t", 0o644)])
+        );
+        assert_eq!(
+            files("proj").expect("ok"),
+            Some(vec![
+                entry("m", b"fast", 0o644),
+                entry("password", b"s3cr3t", 0o644)
+            ])
+        );
+    }
+
+    #[test]
+    fn downward_api_files_use_kubernetes_formats() {
+        let f = files("info").expect("ok").expect("rendered");
+        assert_eq!(f[0], entry("labels", b"app=\"web\"\ntier=\"front\"", 0o644));
+        assert_eq!(
+            f[1],
+            entry("annotations", b"msg=\"a \\\"quoted\\\"\\nvalue\"", 0o644)
+        );
+        assert_eq!(f[2], entry("name", b"web", 0o644));
+        assert_eq!(f[3], entry("mem", b"64", 0o644));
+    }
+
+    #[test]
+    fn host_path_types_are_checked_with_kubelet_messages() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("f");
+        fs::write(&file, "x").expect("write");
+        assert_eq!(check_host_path(dir.path(), Some("Directory")), Ok(()));
+        assert_eq!(
+            check_host_path(&file, Some("Directory")),
+            Err(format!(
+                "hostPath type check failed: {} is not a directory",
+                file.display()
+            ))
+        );
+        assert_eq!(
+            check_host_path(dir.path(), Some("File")),
+            Err(format!(
+                "hostPath type check failed: {} is not a file",
+                dir.path().display()
+            ))
+        );
+        let created = dir.path().join("new/sub");
+        assert_eq!(check_host_path(&created, Some("DirectoryOrCreate")), Ok(()));
+        assert!(created.is_dir());
+        let new_file = dir.path().join("nf");
+        assert_eq!(check_host_path(&new_file, Some("FileOrCreate")), Ok(()));
+        assert!(new_file.is_file());
+        assert_eq!(
+            check_host_path(&file, Some("Socket")),
+            Err(format!(
+                "hostPath type check failed: {} is not a socket file",
+                file.display()
+            ))
+        );
+        assert_eq!(
+            check_host_path(&file, Some("Weird")),
+            Err("Weird is an invalid volume type".into())
+        );
+    }
+
+    #[test]
+    fn prepare_writes_volume_directories() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut p = pod();
+        if let Some(vs) = p.spec.as_mut().and_then(|s| s.volumes.as_mut()) {
+            vs.retain(|v| !matches!(v.name.as_str(), "missing" | "badkey"));
+            vs.push(
+                serde_json::from_value(serde_json::json!({"name": "scratch", "emptyDir": {}}))
+                    .expect("vol"),
+            );
+        }
+        let s = sources();
+        prepare(&p, dir.path(), &ctx(&s)).expect("prepared");
+        let read = |p: &str| fs::read(dir.path().join(p)).expect("read");
+        assert_eq!(read("cfg/conf/mode.txt"), b"fast");
+        let mode = |p: &str| {
+            fs::metadata(dir.path().join(p))
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("cfg/conf/mode.txt"), 0o600);
+        assert_eq!(read("creds/password"), b"s3cr3t");
+        assert_eq!(read("info/name"), b"web");
+        assert_eq!(mode("scratch"), 0o777);
+
+        // Preparing again replaces stale files.
+        fs::write(dir.path().join("cfg/stale"), "old").expect("write");
+        prepare(&p, dir.path(), &ctx(&s)).expect("prepared again");
+        assert!(!dir.path().join("cfg/stale").exists());
+
+        let mut bad = pod();
+        if let Some(vs) = bad.spec.as_mut().and_then(|s| s.volumes.as_mut()) {
+            vs.retain(|v| v.name == "missing");
+        }
+        let err = prepare(&bad, dir.path(), &ctx(&s)).expect_err("missing configmap");
+        assert_eq!(
+            err.to_string(),
+            "MountVolume.SetUp failed for volume \"missing\" : configmap \"nope\" not found"
+        );
+    }
+}
