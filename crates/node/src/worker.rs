@@ -393,7 +393,7 @@ impl Worker {
                 .await;
                 let hook = match (&started, post_start) {
                     (Ok(s), Some(handler)) => {
-                        Some((s.access.clone(), s.handle.id().to_string(), handler))
+                        Some((s.access.clone(), container_id(&s.handle), handler))
                     }
                     _ => None,
                 };
@@ -580,7 +580,7 @@ impl Worker {
                 obs.last_start_error = Some(err);
             }
             Ok(started) => {
-                let id = started.handle.id().to_string();
+                let id = container_id(&started.handle);
                 if let Some(old) = obs.current.take() {
                     if let InstanceState::Exited(exited) = old.state {
                         obs.previous = Some(exited);
@@ -757,4 +757,9 @@ impl ExitInfo {
             finished_at: self.finished_at,
         }
     }
+}
+
+/// The `containerID` reported in status: `<runtime>://<id>`, as Kubernetes prints it.
+fn container_id(handle: &ContainerHandle) -> String {
+    format!("tandem://{}", handle.id())
 }

@@ -83,7 +83,12 @@ impl Play {
     /// Reads `/rec/<name>` as written by the pod (a float timestamp per line).
     fn times(&self, name: &str) -> Vec<f64> {
         let text = std::fs::read_to_string(self.rec().join(name))
-            .unwrap_or_else(|e| panic!("rec/{name}: {e}"));
+            .unwrap_or_else(|e| {
+                let seen: Vec<_> = std::fs::read_dir(self.rec())
+                    .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                    .unwrap_or_default();
+                panic!("rec/{name}: {e}; rec holds {seen:?}")
+            });
         text.lines().map(|l| l.trim().parse().unwrap()).collect()
     }
 

@@ -139,7 +139,7 @@ pub struct Sandbox {
     pub hostname: String,
     /// The namespace holder process.
     pub process: ProcId,
-    /// Its namespaces (`net:[4026532281]`, ...), to find processes left in them.
+    /// Its namespaces as created (`net:[4026532281]`, ...), for diagnostics.
     pub namespaces: Vec<String>,
 }
 
@@ -521,9 +521,17 @@ impl ProcessRuntime {
         }
 
         // Anything else still in the pod's namespaces (exec'd probes, escaped processes).
-        let ids: Vec<String> = sb.namespaces.clone();
+        // Namespace ids are inode numbers that a later namespace may reuse, so they are
+        // read from the live sandbox while fds pin its namespaces.
+        const KINDS: [&str; 4] = ["net", "uts", "ipc", "mnt"];
+        let pinned = sb.process.open_namespaces(&KINDS).ok();
+        let ids = match &pinned {
+            Some(_) => sb.process.namespace_ids(&KINDS),
+            None => Vec::new(),
+        };
         let sandbox_pid = sb.process.pid;
         let _ = tokio::task::spawn_blocking(move || {
+            let _pinned = pinned;
             let deadline = std::time::Instant::now() + LEFTOVER_TIMEOUT;
             loop {
                 let left: Vec<i32> = procfs::members_of(&ids)
