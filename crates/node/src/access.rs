@@ -25,7 +25,11 @@ pub struct ExecOutput {
 pub trait ContainerAccess: Send + Sync {
     /// Runs `argv` (no shell) in the container's namespaces with its environment, user and
     /// working directory; kills it after `timeout`.
-    fn exec(&self, argv: Vec<String>, timeout: Duration) -> BoxFuture<'_, std::io::Result<ExecOutput>>;
+    fn exec(
+        &self,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, std::io::Result<ExecOutput>>;
 
     /// Connects to `addr` from inside the pod's network namespace.
     fn connect(

@@ -19,14 +19,13 @@ use tokio_util::sync::CancellationToken;
 use crate::access::ContainerAccess;
 use crate::hook;
 use crate::planner::{
-    self, Action, BackoffConfig, ContainerKind, Event, Exited, HookState,
-    Instance, InstanceState, Observation, PlanInput, ProbeResult, SandboxState, StartError,
-    StopIssued, StopReason, Termination,
+    self, Action, BackoffConfig, ContainerKind, Event, Exited, HookState, Instance, InstanceState,
+    Observation, PlanInput, ProbeResult, SandboxState, StartError, StopIssued, StopReason,
+    Termination,
 };
 use crate::probe::{self, ProbeKind, ProbeUpdate};
 use crate::runtime::{
-    ContainerHandle, ExitInfo, ProcessRuntime, ResolveContext, Sandbox, SandboxSpec,
-    VolumeSources,
+    ContainerHandle, ExitInfo, ProcessRuntime, ResolveContext, Sandbox, SandboxSpec, VolumeSources,
 };
 
 /// Where a worker sends what others may want to see.
@@ -272,7 +271,11 @@ impl Worker {
         if let Some(c) = spec.containers.iter().find(|c| c.name == name) {
             return Some((c.clone(), ContainerKind::Main));
         }
-        let c = spec.init_containers.as_ref()?.iter().find(|c| c.name == name)?;
+        let c = spec
+            .init_containers
+            .as_ref()?
+            .iter()
+            .find(|c| c.name == name)?;
         let kind = if c.restart_policy.as_deref() == Some("Always") {
             ContainerKind::Sidecar
         } else {
@@ -314,13 +317,7 @@ impl Worker {
         let sources = self.sources.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let meta = &pod.metadata;
-            let spec = SandboxSpec {
-                uid: meta.uid.clone().unwrap_or_default(),
-                name: meta.name.clone().unwrap_or_default(),
-                namespace: meta.namespace.clone().unwrap_or_default(),
-                hostname: pod_hostname(&pod),
-            };
+            let spec = SandboxSpec::for_pod(&pod);
             let result = match runtime.create_sandbox(&spec).await {
                 Ok(sandbox) => match runtime.prepare_volumes(&sandbox, &pod, &sources) {
                     Ok(()) => Ok(sandbox),
@@ -377,7 +374,10 @@ impl Worker {
             let ctx = ResolveContext::new(&node_name, &sources);
             for (container, attempt) in batch {
                 let name = container.name.clone();
-                let post_start = container.lifecycle.as_ref().and_then(|l| l.post_start.clone());
+                let post_start = container
+                    .lifecycle
+                    .as_ref()
+                    .and_then(|l| l.post_start.clone());
                 let started = async {
                     let spec = runtime.resolve(&sandbox, &pod, &container, &ctx)?;
                     let handle = runtime.start_container(&sandbox, &spec, attempt).await?;
@@ -442,7 +442,13 @@ impl Worker {
         });
     }
 
-    fn stop_container(&mut self, name: String, grace: Duration, reason: StopReason, now: Timestamp) {
+    fn stop_container(
+        &mut self,
+        name: String,
+        grace: Duration,
+        reason: StopReason,
+        now: Timestamp,
+    ) {
         let Some(live) = self.live.get(&name) else {
             return;
         };
@@ -541,7 +547,7 @@ impl Worker {
                 if let Some(obs) = self.obs.containers.get_mut(&name)
                     && let Some(instance) = obs.current.as_mut().filter(|i| i.id == id)
                 {
-                    instance.state = InstanceState::Exited(exit.into_exited());
+                    instance.state = InstanceState::Exited(exit.into());
                 }
             }
             Report::PreStop { name, result } => {
@@ -613,8 +619,10 @@ impl Worker {
                         id: id.clone(),
                         started: tokio::time::Instant::now()
                             .checked_sub(
-                                Duration::try_from(Timestamp::now().duration_since(started.started_at))
-                                    .unwrap_or_default(),
+                                Duration::try_from(
+                                    Timestamp::now().duration_since(started.started_at),
+                                )
+                                .unwrap_or_default(),
                             )
                             .unwrap_or_else(tokio::time::Instant::now),
                         handle: started.handle.clone(),
@@ -681,16 +689,19 @@ impl Worker {
         }
         for (kind, probe) in kinds {
             let (tx, mut rx) = mpsc::unbounded_channel();
-            probe::spawn_prober_at(probe::ProberSpec {
-                container: name.to_string(),
-                instance: id.to_string(),
-                kind,
-                probe,
-                ports: ports.clone(),
-                access: live.access.clone(),
-                cancel: live.probes.child_token(),
-                updates: tx,
-            }, live.started);
+            probe::spawn_prober_at(
+                probe::ProberSpec {
+                    container: name.to_string(),
+                    instance: id.to_string(),
+                    kind,
+                    probe,
+                    ports: ports.clone(),
+                    access: live.access.clone(),
+                    cancel: live.probes.child_token(),
+                    updates: tx,
+                },
+                live.started,
+            );
             let reports = self.tx.clone();
             tokio::spawn(async move {
                 while let Some(update) = rx.recv().await {
@@ -732,30 +743,6 @@ async fn sleep_for(duration: Option<Duration>) {
     match duration {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// The hostname of a pod: `spec.hostname` if set, else the pod name (truncated to 63).
-fn pod_hostname(pod: &Pod) -> String {
-    let name = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.hostname.clone())
-        .or_else(|| pod.metadata.name.clone())
-        .unwrap_or_default();
-    name.chars().take(63).collect()
-}
-
-impl ExitInfo {
-    fn into_exited(self) -> Exited {
-        Exited {
-            exit_code: self.exit_code,
-            signal: self.signal,
-            reason: self.reason,
-            message: self.message,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-        }
     }
 }
 

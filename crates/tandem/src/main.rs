@@ -50,7 +50,10 @@ fn main() -> ExitCode {
 
 fn run_async(fut: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: starting the async runtime: {err}");

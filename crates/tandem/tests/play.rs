@@ -65,12 +65,16 @@ impl Play {
 
     fn run(&self, yaml: &str, extra: &[&str]) -> Output {
         let manifest = self.manifest(yaml);
-        self.command(&manifest, extra).output().expect("run tandem play")
+        self.command(&manifest, extra)
+            .output()
+            .expect("run tandem play")
     }
 
     fn spawn(&self, yaml: &str, extra: &[&str]) -> Child {
         let manifest = self.manifest(yaml);
-        self.command(&manifest, extra).spawn().expect("start tandem play")
+        self.command(&manifest, extra)
+            .spawn()
+            .expect("start tandem play")
     }
 
     /// The final pod (first item of the status file).
@@ -82,13 +86,12 @@ impl Play {
 
     /// Reads `/rec/<name>` as written by the pod (a float timestamp per line).
     fn times(&self, name: &str) -> Vec<f64> {
-        let text = std::fs::read_to_string(self.rec().join(name))
-            .unwrap_or_else(|e| {
-                let seen: Vec<_> = std::fs::read_dir(self.rec())
-                    .map(|d| d.flatten().map(|e| e.file_name()).collect())
-                    .unwrap_or_default();
-                panic!("rec/{name}: {e}; rec holds {seen:?}")
-            });
+        let text = std::fs::read_to_string(self.rec().join(name)).unwrap_or_else(|e| {
+            let seen: Vec<_> = std::fs::read_dir(self.rec())
+                .map(|d| d.flatten().map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            panic!("rec/{name}: {e}; rec holds {seen:?}")
+        });
         text.lines().map(|l| l.trim().parse().unwrap()).collect()
     }
 
@@ -144,11 +147,20 @@ fn blog_exiting_pod_completes_with_its_sidecar_running() {
         &["--timeout", "60s"],
     );
     let text = stdout(&out);
-    assert!(out.status.success(), "exit {:?}\n{text}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit {:?}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows = rows(&text);
     let statuses: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
     assert!(statuses.contains(&"Running"), "{text}");
-    assert_eq!(rows.last().unwrap(), &("0/2".into(), "Completed".into(), "0".into()), "{text}");
+    assert_eq!(
+        rows.last().unwrap(),
+        &("0/2".into(), "Completed".into(), "0".into()),
+        "{text}"
+    );
     let pod = play.final_pod();
     assert_eq!(pod["status"]["phase"], "Succeeded");
     let app = container_status(&pod, "containerStatuses", "sleep");
@@ -198,7 +210,11 @@ spec:
     );
     let out = play.run(&yaml, &["--timeout", "60s"]);
     let text = stdout(&out);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let a = play.times("a")[0];
     let setup_start = play.times("setup.start")[0];
     let setup_end = play.times("setup.end")[0];
@@ -242,13 +258,27 @@ spec:
     );
     let out = play.run(&yaml, &["--timeout", "60s"]);
     let text = stdout(&out);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let ready = play.times("ready")[0];
     let app = play.times("app")[0];
-    assert!(app >= ready, "app started at {app}, before the probe could pass at {ready}");
-    assert!(app - ready < 1.5, "app should start within a probe period of readiness");
+    assert!(
+        app >= ready,
+        "app started at {app}, before the probe could pass at {ready}"
+    );
+    assert!(
+        app - ready < 1.5,
+        "app should start within a probe period of readiness"
+    );
     let first = &rows(&text)[1];
-    assert_eq!((first.0.as_str(), first.1.as_str()), ("0/2", "Init:0/1"), "{text}");
+    assert_eq!(
+        (first.0.as_str(), first.1.as_str()),
+        ("0/2", "Init:0/1"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -289,9 +319,17 @@ spec:
     .unwrap();
     let out = child.wait_with_output().unwrap();
     let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(143), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t = |n: &str| play.times(n)[0];
-    assert!(t("b.term") >= t("main.exit"), "b got TERM before main exited");
+    assert!(
+        t("b.term") >= t("main.exit"),
+        "b got TERM before main exited"
+    );
     assert!(t("a.term") >= t("b.exit"), "a got TERM before b exited");
     let pod = play.final_pod();
     assert_eq!(pod["status"]["phase"], "Succeeded", "{pod:#}");
@@ -369,15 +407,29 @@ spec:
     // Short backoff so the test sees several restarts within the app's 4 s.
     let out = play.run(
         &yaml,
-        &["--timeout", "60s", "--backoff-initial", "200ms", "--backoff-max", "1s"],
+        &[
+            "--timeout",
+            "60s",
+            "--backoff-initial",
+            "200ms",
+            "--backoff-max",
+            "1s",
+        ],
     );
     let text = stdout(&out);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let proxy_runs = play.times("proxy").len();
     assert!(proxy_runs >= 3, "proxy ran {proxy_runs} times\n{text}");
     assert_eq!(play.times("app").len(), 1, "the app must run exactly once");
     let pod = play.final_pod();
-    assert_eq!(pod["status"]["phase"], "Succeeded", "sidecar exit codes are ignored");
+    assert_eq!(
+        pod["status"]["phase"], "Succeeded",
+        "sidecar exit codes are ignored"
+    );
     let proxy = container_status(&pod, "initContainerStatuses", "proxy");
     assert!(proxy["restartCount"].as_u64().unwrap() >= 2, "{proxy:#}");
     let app = container_status(&pod, "containerStatuses", "app");
@@ -409,7 +461,11 @@ spec:
 "#;
     let out = play.run(yaml, &["--timeout", "60s"]);
     let text = stdout(&out);
-    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows = rows(&text);
     // Readiness does not gate the app: it runs while the proxy is not ready yet...
     assert!(
@@ -433,11 +489,16 @@ fn invalid_manifests_exit_2_before_anything_runs() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers"),
+        err.contains(
+            "spec.containers[0].restartPolicy: Forbidden: may not be set for non-init containers"
+        ),
         "{err}"
     );
     let out = play.run("apiVersion: v1\nkind: Pod\nmetadata: {name: bad\n", &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("pod.yaml:"), "errors name the file and position: {err}");
+    assert!(
+        err.contains("pod.yaml:"),
+        "errors name the file and position: {err}"
+    );
 }
