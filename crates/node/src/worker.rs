@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::ContainerAccess;
 use crate::hook;
 use crate::planner::{
-    self, Action, BackoffConfig, ContainerKind, Event, Exited, HookState, Instance, InstanceState,
+    self, Action, BackoffConfig, ContainerKind, Event, HookState, Instance, InstanceState,
     Observation, PlanInput, ProbeResult, SandboxState, StartError, StopIssued, StopReason,
     Termination,
 };
