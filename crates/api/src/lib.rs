@@ -5,6 +5,8 @@
 
 pub mod decode;
 pub mod defaults;
+pub mod patch;
 pub mod printer;
+pub mod selector;
 pub mod table;
 pub mod validation;

@@ -2,6 +2,7 @@
 //! process runtime.
 
 pub mod access;
+pub mod agent;
 pub mod hook;
 pub mod planner;
 pub mod probe;

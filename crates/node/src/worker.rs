@@ -38,6 +38,10 @@ pub trait PodSink: Send + Sync {
     fn log_file(&self, pod: &Pod, container: &str, path: PathBuf) {
         let _ = (pod, container, path);
     }
+    /// The container instance that wrote this log file has exited.
+    fn log_closed(&self, path: PathBuf) {
+        let _ = path;
+    }
     /// The worker is done: every container and the sandbox are gone; `pod` is final.
     fn finished(&self, pod: &Pod);
 }
@@ -542,6 +546,7 @@ impl Worker {
             Report::Exited { name, id, exit } => {
                 if let Some(live) = self.live.get(&name).filter(|l| l.id == id) {
                     live.probes.cancel();
+                    self.sink.log_closed(self.runtime.log_path(&live.handle));
                     self.live.remove(&name);
                 }
                 if let Some(obs) = self.obs.containers.get_mut(&name)

@@ -9,6 +9,15 @@
 
 #![forbid(unsafe_code)]
 
+mod codec;
+mod hub;
+pub mod memory;
+mod op;
+pub mod redb;
+
+pub use self::memory::MemoryStore;
+pub use self::redb::RedbStore;
+
 /// A store revision (the API's `resourceVersion`).
 pub type Revision = u64;
 
@@ -51,11 +60,35 @@ pub enum StoreError {
         expected: Revision,
         actual: Revision,
     },
-    /// A watch asked for history that was compacted away.
+    /// A watch asked for history that was compacted away. `oldest` is the oldest revision
+    /// a watch may still start after (Kubernetes prints both in its 410 message).
     #[error("too old resource version: {requested} ({oldest})")]
-    Expired { requested: Revision, oldest: Revision },
+    Expired {
+        requested: Revision,
+        oldest: Revision,
+    },
     #[error("store I/O: {0}")]
     Io(String),
+}
+
+/// Tuning shared by the backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// How many of the latest events are kept for watches to resume from; a watch after an
+    /// older revision gets `Expired`.
+    pub history: usize,
+    /// How many live events may wait unread in one watch before it is ended with an error
+    /// (writers never wait for watchers).
+    pub watch_buffer: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            history: 10_000,
+            watch_buffer: 1_024,
+        }
+    }
 }
 
 /// A live watch: events in revision order, ending with an error or when the store closes.
@@ -95,8 +128,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes `key` (with an optional mod_revision precondition); returns the last value.
     async fn delete(&self, key: &str, expected: Option<Revision>) -> Result<KeyValue, StoreError>;
 
-    /// Watches keys under `prefix` for changes with a revision greater than `after`.
-    /// `Expired` if `after` is older than the history kept.
+    /// Watches keys under `prefix` for changes with a revision greater than `after`:
+    /// first the kept history, then live events, each exactly once and in order. `after = 0`
+    /// means "from the first revision", so pass the revision of a preceding `list` to watch
+    /// from now. `Expired` if `after` is older than the history kept. A watcher that leaves
+    /// more than [`Options::watch_buffer`] events unread is ended with an error.
     async fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError>;
 
     /// The store's current revision.

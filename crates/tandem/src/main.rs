@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod config;
 mod logs;
 mod play;
+mod up;
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +25,10 @@ enum Command {
     /// Run the pods of some manifests on this machine and watch them like
     /// `kubectl get pods -w`; exits 0 when every pod Succeeded, 1 otherwise.
     Play(play::PlayArgs),
+    /// Start a single-node cluster: API server (HTTPS), durable store and node agent.
+    Up(up::UpArgs),
+    /// Delete every pod gracefully, then stop the cluster started by `tandem up`.
+    Down(up::DownArgs),
     /// Internal: the per-pod namespace holder.
     #[command(hide = true)]
     Sandbox {
@@ -45,6 +51,8 @@ fn main() -> ExitCode {
         Command::Sandbox { args } => node::runtime::sandbox::main(&args),
         Command::Shim { args } => node::runtime::shim::main(&args),
         Command::Play(args) => run_async(play::run(args)),
+        Command::Up(args) => run_async(up::run(args)),
+        Command::Down(args) => run_async(up::down(args)),
     }
 }
 

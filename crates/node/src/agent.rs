@@ -1,0 +1,582 @@
+//! The node agent on the API: registers this machine as a `Node`, watches the pods bound
+//! to it, runs a pod worker for each, and writes back what the workers report (status
+//! through `pods/status`, Events) like a kubelet. It only talks to the API, so it could run
+//! on another machine than the server.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Event as ApiEvent, EventSource, Node, NodeAddress, NodeCondition, NodeSpec,
+    NodeStatus, NodeSystemInfo, ObjectReference, Pod, Secret,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::watcher;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::planner::{BackoffConfig, Event};
+use crate::runtime::{ProcessRuntime, RuntimeConfig, VolumeSources};
+use crate::worker::{PodHandle, PodSink, WorkerConfig, spawn_pod};
+
+/// Why the agent stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("registering node {node}: {source}")]
+    Register {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Settings of the node agent.
+#[derive(Clone)]
+pub struct AgentConfig {
+    pub node_name: String,
+    pub runtime: RuntimeConfig,
+    pub backoff: BackoffConfig,
+}
+
+/// Container log files the API server reads for `pods/log`.
+#[derive(Clone)]
+pub struct NodeLogs {
+    runtime: ProcessRuntime,
+    live: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+impl NodeLogs {
+    /// The CRI log of a container's current instance (or the one before it).
+    pub fn log_file(
+        &self,
+        namespace: &str,
+        pod: &str,
+        uid: &str,
+        container: &str,
+        previous: bool,
+    ) -> Option<PathBuf> {
+        let dir = self
+            .runtime
+            .pod_log_dir(namespace, pod, uid)
+            .join(container);
+        let mut attempts: Vec<(u32, PathBuf)> = std::fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .filter_map(|entry| {
+                let path = entry.path();
+                let attempt = path.file_stem()?.to_str()?.parse().ok()?;
+                (path.extension()? == "log").then_some((attempt, path))
+            })
+            .collect();
+        attempts.sort();
+        let index = attempts.len().checked_sub(if previous { 2 } else { 1 })?;
+        attempts.into_iter().nth(index).map(|(_, path)| path)
+    }
+
+    /// Whether a container instance may still write to `path`.
+    pub fn is_live(&self, path: &Path) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(path)
+    }
+}
+
+/// The running agent.
+pub struct Agent {
+    config: AgentConfig,
+    client: kube::Client,
+    runtime: ProcessRuntime,
+    logs: NodeLogs,
+}
+
+impl Agent {
+    pub fn new(client: kube::Client, config: AgentConfig) -> Self {
+        let runtime = ProcessRuntime::new(config.runtime.clone());
+        let logs = NodeLogs {
+            runtime: runtime.clone(),
+            live: Arc::default(),
+        };
+        Self {
+            config,
+            client,
+            runtime,
+            logs,
+        }
+    }
+
+    /// Log access for the API server's `pods/log`.
+    pub fn logs(&self) -> NodeLogs {
+        self.logs.clone()
+    }
+
+    /// Runs until `shutdown`; pods keep running under their supervisors afterwards.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let node = self.config.node_name.clone();
+        register_node(&self.client, &node)
+            .await
+            .map_err(|source| AgentError::Register {
+                node: node.clone(),
+                source,
+            })?;
+        let heartbeat = tokio::spawn(heartbeat(
+            self.client.clone(),
+            node.clone(),
+            shutdown.clone(),
+        ));
+
+        let (updates_tx, mut updates) = mpsc::unbounded_channel::<Update>();
+        let sink = Arc::new(ApiSink {
+            updates: updates_tx,
+            live: self.logs.live.clone(),
+            node: node.clone(),
+        });
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let watch_config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+        let mut stream = watcher(pods, watch_config).boxed();
+        let mut workers: BTreeMap<String, PodHandle> = BTreeMap::new();
+        let worker_config = WorkerConfig {
+            node_name: node.clone(),
+            backoff: self.config.backoff,
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = stream.next() => match event {
+                    Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
+                        let Some(uid) = pod.metadata.uid.clone() else { continue };
+                        if let Some(handle) = workers.get(&uid) {
+                            if pod.metadata.deletion_timestamp.is_some() {
+                                let grace = pod.metadata.deletion_grace_period_seconds
+                                    .and_then(|g| u32::try_from(g).ok());
+                                handle.delete(grace);
+                            }
+                            continue;
+                        }
+                        if is_terminal(&pod) {
+                            // Finished before this agent started: only remove it if asked.
+                            if pod.metadata.deletion_timestamp.is_some() {
+                                let _ = updates_tx_delete(&self.client, &pod).await;
+                            }
+                            continue;
+                        }
+                        let sources = Arc::new(fetch_sources(&self.client, &pod).await);
+                        let handle = spawn_pod(
+                            self.runtime.clone(),
+                            worker_config.clone(),
+                            sources,
+                            sink.clone(),
+                            pod.clone(),
+                        );
+                        if pod.metadata.deletion_timestamp.is_some() {
+                            handle.delete(pod.metadata.deletion_grace_period_seconds
+                                .and_then(|g| u32::try_from(g).ok()));
+                        }
+                        workers.insert(uid, handle);
+                    }
+                    Some(Ok(watcher::Event::Delete(pod))) => {
+                        // Removed from the API (force delete): stop it now.
+                        if let Some(uid) = pod.metadata.uid.as_deref()
+                            && let Some(handle) = workers.get(uid)
+                        {
+                            handle.delete(Some(0));
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => {
+                        tracing::warn!(%err, "watching pods; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    None => break,
+                },
+                Some(update) = updates.recv() => {
+                    self.write(update, &mut workers).await;
+                }
+            }
+        }
+        heartbeat.abort();
+        Ok(())
+    }
+
+    async fn write(&self, update: Update, workers: &mut BTreeMap<String, PodHandle>) {
+        match update {
+            Update::Status(pod) => {
+                if let Err(err) = write_status(&self.client, &pod).await {
+                    tracing::warn!(pod = ?pod.metadata.name, %err, "writing pod status");
+                }
+            }
+            Update::Event(pod, event) => {
+                if let Err(err) =
+                    write_event(&self.client, &self.config.node_name, &pod, &event).await
+                {
+                    tracing::debug!(%err, "recording event");
+                }
+            }
+            Update::Finished(pod) => {
+                let _ = write_status(&self.client, &pod).await;
+                if let Some(uid) = pod.metadata.uid.as_deref() {
+                    workers.remove(uid);
+                }
+                if pod.metadata.deletion_timestamp.is_some() {
+                    if let Err(err) = updates_tx_delete(&self.client, &pod).await {
+                        tracing::warn!(%err, "removing a terminated pod");
+                    }
+                    let meta = &pod.metadata;
+                    let _ = self.runtime.remove_pod_logs(
+                        meta.namespace.as_deref().unwrap_or_default(),
+                        meta.name.as_deref().unwrap_or_default(),
+                        meta.uid.as_deref().unwrap_or_default(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// What workers report, written to the API by the agent's loop (in order per pod).
+enum Update {
+    Status(Box<Pod>),
+    Event(Box<Pod>, Event),
+    Finished(Box<Pod>),
+}
+
+struct ApiSink {
+    updates: mpsc::UnboundedSender<Update>,
+    live: Arc<Mutex<HashSet<PathBuf>>>,
+    node: String,
+}
+
+impl PodSink for ApiSink {
+    fn status(&self, pod: &Pod) {
+        let _ = self.updates.send(Update::Status(Box::new(pod.clone())));
+    }
+
+    fn event(&self, pod: &Pod, event: &Event) {
+        let _ = self
+            .updates
+            .send(Update::Event(Box::new(pod.clone()), event.clone()));
+    }
+
+    fn log_file(&self, _pod: &Pod, _container: &str, path: PathBuf) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path);
+    }
+
+    fn log_closed(&self, path: PathBuf) {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&path);
+    }
+
+    fn finished(&self, pod: &Pod) {
+        tracing::debug!(node = %self.node, pod = ?pod.metadata.name, "pod worker finished");
+        let _ = self.updates.send(Update::Finished(Box::new(pod.clone())));
+    }
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// Removes a pod whose containers are all gone (the kubelet's final delete, grace 0).
+async fn updates_tx_delete(client: &kube::Client, pod: &Pod) -> Result<(), kube::Error> {
+    let api: Api<Pod> = Api::namespaced(
+        client.clone(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: pod.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api
+        .delete(pod.metadata.name.as_deref().unwrap_or_default(), &params)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+async fn write_status(client: &kube::Client, pod: &Pod) -> Result<(), kube::Error> {
+    let api: Api<Pod> = Api::namespaced(
+        client.clone(),
+        pod.metadata.namespace.as_deref().unwrap_or("default"),
+    );
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    // A merge patch would keep stale keys of changed container states (waiting next to
+    // running); the status is the agent's to own, so replace it as a whole.
+    let body = Pod {
+        metadata: ObjectMeta {
+            name: pod.metadata.name.clone(),
+            namespace: pod.metadata.namespace.clone(),
+            uid: pod.metadata.uid.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: None,
+        status: pod.status.clone(),
+    };
+    match api
+        .replace_status(name, &PostParams::default(), &body)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+async fn write_event(
+    client: &kube::Client,
+    node: &str,
+    pod: &Pod,
+    event: &Event,
+) -> Result<(), kube::Error> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let api: Api<ApiEvent> = Api::namespaced(client.clone(), namespace);
+    let now = Timestamp::now();
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let field_path = event.container.as_ref().map(|c| {
+        let init = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.init_containers.as_ref())
+            .is_some_and(|list| list.iter().any(|i| &i.name == c));
+        if init {
+            format!("spec.initContainers{{{c}}}")
+        } else {
+            format!("spec.containers{{{c}}}")
+        }
+    });
+    let object = ApiEvent {
+        metadata: ObjectMeta {
+            name: Some(format!("{pod_name}.{:x}", now.as_nanosecond())),
+            namespace: Some(namespace.to_string()),
+            ..ObjectMeta::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod_name),
+            namespace: Some(namespace.to_string()),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            field_path,
+        },
+        reason: Some(event.reason.clone()),
+        message: Some(event.message.clone()),
+        type_: Some(if event.warning { "Warning" } else { "Normal" }.into()),
+        source: Some(EventSource {
+            component: Some("kubelet".into()),
+            host: Some(node.to_string()),
+        }),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        event_time: Some(MicroTime(now)),
+        count: Some(1),
+        reporting_component: Some("kubelet".into()),
+        reporting_instance: Some(node.to_string()),
+        action: None,
+        related: None,
+        series: None,
+    };
+    api.create(&PostParams::default(), &object)
+        .await
+        .map(|_| ())
+}
+
+/// ConfigMaps and Secrets the pod's volumes and env refer to, read once at pod start.
+async fn fetch_sources(client: &kube::Client, pod: &Pod) -> VolumeSources {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut config_maps = HashSet::new();
+    let mut secrets = HashSet::new();
+    if let Some(spec) = &pod.spec {
+        for volume in spec.volumes.iter().flatten() {
+            if let Some(cm) = &volume.config_map {
+                config_maps.insert(cm.name.clone());
+            }
+            if let Some(secret) = volume.secret.as_ref().and_then(|s| s.secret_name.clone()) {
+                secrets.insert(secret);
+            }
+        }
+        let containers = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(&spec.containers);
+        for container in containers {
+            for env in container.env.iter().flatten() {
+                if let Some(from) = &env.value_from {
+                    if let Some(key) = &from.config_map_key_ref {
+                        config_maps.insert(key.name.clone());
+                    }
+                    if let Some(key) = &from.secret_key_ref {
+                        secrets.insert(key.name.clone());
+                    }
+                }
+            }
+            for from in container.env_from.iter().flatten() {
+                if let Some(cm) = &from.config_map_ref {
+                    config_maps.insert(cm.name.clone());
+                }
+                if let Some(secret) = &from.secret_ref {
+                    secrets.insert(secret.name.clone());
+                }
+            }
+        }
+    }
+    let mut sources = VolumeSources::default();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    for name in config_maps {
+        if let Ok(Some(cm)) = cms.get_opt(&name).await {
+            sources.add_config_map(cm);
+        }
+    }
+    let secret_api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    for name in secrets {
+        if let Ok(Some(secret)) = secret_api.get_opt(&name).await {
+            sources.add_secret(secret);
+        }
+    }
+    sources
+}
+
+/// Creates or refreshes this machine's `Node` object.
+async fn register_node(client: &kube::Client, name: &str) -> Result<(), kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = node_object(name);
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let patch = serde_json::json!({"status": node.status});
+            nodes
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(|_| ())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+async fn heartbeat(client: kube::Client, name: String, shutdown: CancellationToken) {
+    let nodes: Api<Node> = Api::all(client);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        let patch = serde_json::json!({"status": {"conditions": [ready_condition()]}});
+        if let Err(err) = nodes
+            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+        {
+            tracing::debug!(%err, "node heartbeat");
+        }
+    }
+}
+
+fn ready_condition() -> NodeCondition {
+    let now = Time(Timestamp::now());
+    NodeCondition {
+        type_: "Ready".into(),
+        status: "True".into(),
+        reason: Some("KubeletReady".into()),
+        message: Some("kubelet is posting ready status".into()),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: Some(now),
+    }
+}
+
+fn node_object(name: &str) -> Node {
+    let mut labels = BTreeMap::new();
+    labels.insert("kubernetes.io/hostname".to_string(), name.to_string());
+    labels.insert("kubernetes.io/os".to_string(), "linux".to_string());
+    labels.insert(
+        "kubernetes.io/arch".to_string(),
+        std::env::consts::ARCH
+            .replace("x86_64", "amd64")
+            .replace("aarch64", "arm64"),
+    );
+    labels.insert(
+        "node-role.kubernetes.io/control-plane".to_string(),
+        String::new(),
+    );
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+        })
+        .unwrap_or_else(|| "0".into());
+    let mut capacity = BTreeMap::new();
+    capacity.insert("cpu".to_string(), Quantity(cpus.to_string()));
+    capacity.insert("memory".to_string(), Quantity(format!("{memory_kib}Ki")));
+    capacity.insert("pods".to_string(), Quantity("250".into()));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let os_image = std::fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "Linux".into());
+    Node {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec::default()),
+        status: Some(NodeStatus {
+            allocatable: Some(capacity.clone()),
+            capacity: Some(capacity),
+            conditions: Some(vec![ready_condition()]),
+            addresses: Some(vec![
+                NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: "127.0.0.1".into(),
+                },
+                NodeAddress {
+                    type_: "Hostname".into(),
+                    address: name.to_string(),
+                },
+            ]),
+            node_info: Some(NodeSystemInfo {
+                architecture: std::env::consts::ARCH.into(),
+                container_runtime_version: format!("tandem://{}", env!("CARGO_PKG_VERSION")),
+                kernel_version: kernel,
+                kube_proxy_version: String::new(),
+                kubelet_version: "v1.33.0".into(),
+                operating_system: "linux".into(),
+                os_image,
+                boot_id: String::new(),
+                machine_id: String::new(),
+                system_uuid: String::new(),
+                swap: None,
+            }),
+            ..NodeStatus::default()
+        }),
+    }
+}

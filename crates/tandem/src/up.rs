@@ -1,0 +1,238 @@
+//! `tandem up` and `tandem down`: a single-node cluster in one process.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams};
+use node::agent::{Agent, AgentConfig, NodeLogs};
+use node::runtime::RuntimeConfig;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// Options of `tandem up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Where the store, certificates, kubeconfig, pod state and logs live
+    /// [default: /var/lib/tandem as root, else ~/.local/share/tandem].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address of the API server (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: std::net::SocketAddr,
+    /// A kind cluster config (`kind: Cluster`, `apiVersion: kind.x-k8s.io/v1alpha4`);
+    /// `featureGates` and the API server address apply.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// CrashLoopBackOff initial delay (Kubernetes: 10s). For experiments and tests.
+    #[arg(long, value_parser = crate::play::parse_duration, hide = true)]
+    pub backoff_initial: Option<Duration>,
+}
+
+/// Options of `tandem down`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DownArgs {
+    /// The data directory of the cluster to stop.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+pub fn default_data_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/tandem");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+    home.join(".local/share/tandem")
+}
+
+/// Adapts the node's log files to the API server's `pods/log`.
+struct Logs(NodeLogs);
+
+impl apiserver::state::LogSource for Logs {
+    fn log_file(
+        &self,
+        namespace: &str,
+        pod: &str,
+        uid: &str,
+        container: &str,
+        previous: bool,
+    ) -> Option<PathBuf> {
+        self.0.log_file(namespace, pod, uid, container, previous)
+    }
+
+    fn is_live(&self, path: &Path) -> bool {
+        self.0.is_live(path)
+    }
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    crate::require_root("tandem up")?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut listen = args.listen;
+    let mut gates = api::validation::FeatureGates::default();
+    let mut cluster_name = "tandem".to_string();
+    if let Some(file) = &args.config {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("{}: cannot read", file.display()))?;
+        let config =
+            crate::config::parse(&file.display().to_string(), &text).map_err(anyhow::Error::msg)?;
+        for ignored in &config.ignored {
+            eprintln!(
+                "tandem up: {}: {ignored} does not apply to one node; ignored",
+                file.display()
+            );
+        }
+        gates = config.feature_gates;
+        if let Some(addr) = config.listen {
+            listen = addr;
+        }
+        if let Some(name) = config.name {
+            cluster_name = name;
+        }
+    }
+
+    let pki = apiserver::pki::ensure(&data_dir, &[]).context("preparing certificates")?;
+    let server_url = format!("https://{listen}");
+    let kubeconfig_path = data_dir.join("kubeconfig");
+    let kubeconfig = apiserver::pki::kubeconfig(&server_url, &pki, &cluster_name);
+    apiserver::pki::write_private(&kubeconfig_path, kubeconfig.as_bytes())
+        .context("writing the kubeconfig")?;
+
+    let store = store::redb::RedbStore::open(&data_dir.join("store.redb"))
+        .with_context(|| format!("opening the store in {}", data_dir.display()))?;
+
+    let client = client_from_kubeconfig(&kubeconfig).await?;
+    let mut backoff = node::planner::BackoffConfig::default();
+    if let Some(d) = args.backoff_initial {
+        backoff.initial = d;
+    }
+    let agent = Agent::new(
+        client.clone(),
+        AgentConfig {
+            node_name: crate::node_name(),
+            runtime: RuntimeConfig {
+                root: data_dir.join("run"),
+                log_root: data_dir.join("logs"),
+                helper_exe: std::env::current_exe().context("locating the tandem binary")?,
+            },
+            backoff,
+        },
+    );
+    let mut config = apiserver::state::ApiConfig {
+        feature_gates: gates,
+        server_address: listen.to_string(),
+        ..Default::default()
+    };
+    config.feature_gates = gates;
+    let state = apiserver::state::AppState::new(Arc::new(store))
+        .with_logs(Arc::new(Logs(agent.logs())))
+        .with_config(config);
+
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(apiserver::serve(
+        apiserver::ServerConfig::new(listen, &pki),
+        state,
+        shutdown.clone(),
+    ));
+    let agent = tokio::spawn(agent.run(shutdown.clone()));
+    let scheduler = tokio::spawn(controllers::scheduler::run(
+        client.clone(),
+        crate::node_name(),
+        shutdown.clone(),
+    ));
+    std::fs::write(data_dir.join("tandem.pid"), std::process::id().to_string())
+        .context("writing the pid file")?;
+    println!(
+        "tandem is up: API server on {server_url}, node {}",
+        crate::node_name()
+    );
+    println!("export KUBECONFIG={}", kubeconfig_path.display());
+
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = sigint.recv() => {}
+        _ = sigterm.recv() => {}
+        result = &mut Box::pin(async { server.await }) => {
+            shutdown.cancel();
+            let _ = std::fs::remove_file(data_dir.join("tandem.pid"));
+            return match result {
+                Ok(Ok(())) => Ok(ExitCode::SUCCESS),
+                Ok(Err(err)) => Err(anyhow::Error::new(err).context("API server")),
+                Err(err) => Err(anyhow::Error::new(err).context("API server task")),
+            };
+        }
+    }
+    // Pods keep running under their supervisors; the next `tandem up` takes them back.
+    shutdown.cancel();
+    let _ = agent.await;
+    let _ = scheduler.await;
+    let _ = std::fs::remove_file(data_dir.join("tandem.pid"));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn client_from_kubeconfig(text: &str) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(text).context("reading the kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .context("loading the kubeconfig")?;
+    kube::Client::try_from(config).context("building the API client")
+}
+
+/// `tandem down`: delete every pod gracefully (the full termination order), then stop
+/// the server.
+pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
+    let data_dir = args.data_dir.unwrap_or_else(default_data_dir);
+    let pid_file = data_dir.join("tandem.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("no tandem is up with data dir {}", data_dir.display()))?
+        .trim()
+        .parse()
+        .context("reading the pid file")?;
+    let kubeconfig =
+        std::fs::read_to_string(data_dir.join("kubeconfig")).context("reading the kubeconfig")?;
+    let client = client_from_kubeconfig(&kubeconfig).await?;
+    let pods: Api<Pod> = Api::all(client.clone());
+    let list = pods
+        .list(&ListParams::default())
+        .await
+        .context("listing pods")?;
+    for pod in &list.items {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let name = pod.metadata.name.as_deref().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let _ = api.delete(name, &DeleteParams::default()).await;
+    }
+    let longest = list
+        .items
+        .iter()
+        .filter_map(|p| p.spec.as_ref()?.termination_grace_period_seconds)
+        .max()
+        .unwrap_or(30);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(longest.max(0) as u64 + 15);
+    loop {
+        let left = pods
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items.len());
+        if matches!(left, Ok(0)) || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    for _ in 0..200 {
+        if nix::sys::signal::kill(pid, None).is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("tandem is down");
+    Ok(ExitCode::SUCCESS)
+}
