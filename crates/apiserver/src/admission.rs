@@ -13,7 +13,7 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Pod, PodSpec, PodTemplateSpec, Secret, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Status};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -32,7 +32,9 @@ pub enum Operation {
 
 /// A mutating admission plugin. It sees the defaulted object (JSON, with `kind` and
 /// `apiVersion`) and the object's namespace (`None` for cluster-scoped resources),
-/// and may change the object or reject the request with a `Status`.
+/// and may change the object or reject the request with a `Status` (an [`ApiError`]
+/// is a boxed `Status`; build one with the helpers in [`crate::status`] or
+/// `ApiError::from(status)`).
 pub trait MutatingAdmission: Send + Sync {
     fn name(&self) -> &str;
 
@@ -42,7 +44,7 @@ pub trait MutatingAdmission: Send + Sync {
         resource: &ResourceInfo,
         object: &mut Value,
         namespace: Option<&Value>,
-    ) -> Result<(), Status>;
+    ) -> Result<(), ApiError>;
 }
 
 /// Runs the chain on `object` (in place). `old` is the stored object of an update.
@@ -59,13 +61,9 @@ pub fn run(
     apply_defaults(res, object, op, &mut warnings)?;
     if !state.admission.is_empty() {
         for plugin in state.admission.iter() {
-            plugin.admit(op, res, object, namespace).map_err(|status| {
-                tracing::debug!(
-                    plugin = plugin.name(),
-                    "admission plugin rejected a request"
-                );
-                ApiError::from(status)
-            })?;
+            plugin
+                .admit(op, res, object, namespace)
+                .inspect_err(|_| tracing::debug!(plugin = plugin.name(), "admission rejected"))?;
         }
         // Like the API server after a mutating webhook: what a plugin added is defaulted too.
         apply_defaults(res, object, op, &mut Vec::new())?;

@@ -367,11 +367,9 @@ impl CriParser {
             complete: false,
         });
         line.text.extend_from_slice(text);
-        if !partial {
-            if let Some(mut line) = self.pending.take() {
-                line.complete = true;
-                out.push(line);
-            }
+        if !partial && let Some(mut line) = self.pending.take() {
+            line.complete = true;
+            out.push(line);
         }
     }
 

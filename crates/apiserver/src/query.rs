@@ -3,15 +3,7 @@
 
 use crate::status::{ApiError, bad_request, not_acceptable};
 
-/// Which object a Table row carries (`includeObject=None|Metadata|Object`).
-// Kept here until `api::table` exports the same enum; then this becomes a re-export.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum IncludeObject {
-    None,
-    #[default]
-    Metadata,
-    Object,
-}
+pub use api::table::IncludeObject;
 
 /// The query of a list or watch (`GET <collection>?…`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -146,14 +138,11 @@ impl Render {
 fn include_object(query: Option<&str>) -> Result<Option<IncludeObject>, ApiError> {
     for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
         if key == "includeObject" {
-            return match value.as_ref() {
-                "None" => Ok(Some(IncludeObject::None)),
-                "Metadata" | "" => Ok(Some(IncludeObject::Metadata)),
-                "Object" => Ok(Some(IncludeObject::Object)),
-                other => Err(bad_request(&format!(
-                    "includeObject: Unsupported value: \"{other}\": supported values: \"Metadata\", \"None\", \"Object\""
-                ))),
-            };
+            return IncludeObject::from_query(&value).map(Some).ok_or_else(|| {
+                bad_request(&format!(
+                    "includeObject: Unsupported value: \"{value}\": supported values: \"Metadata\", \"None\", \"Object\""
+                ))
+            });
         }
     }
     Ok(None)

@@ -4,7 +4,7 @@
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::query::{IncludeObject, Render};
 use crate::resources::ResourceInfo;
@@ -78,65 +78,7 @@ pub fn table(
     now: Timestamp,
     resource_version: &str,
 ) -> Value {
-    let mut table = generic_table(objects, include);
-    if res.group.is_empty() && res.kind == "Pod" {
-        let pods: Vec<k8s_openapi::api::core::v1::Pod> = objects
-            .iter()
-            .filter_map(|o| serde_json::from_value(o.clone()).ok())
-            .collect();
-        if pods.len() == objects.len() {
-            let mut t = api::table::pod_table(&pods, now);
-            for (row, obj) in t.rows.iter_mut().zip(objects) {
-                row.object = row_object(obj, include);
-            }
-            table = serde_json::to_value(&t).unwrap_or(table);
-        }
-    }
-    if let Some(obj) = table.as_object_mut() {
-        obj.insert(
-            "metadata".to_owned(),
-            json!({"resourceVersion": resource_version}),
-        );
-    }
-    table
-}
-
-/// Name + Created At, Kubernetes' table for kinds without their own printer.
-fn generic_table(objects: &[Value], include: IncludeObject) -> Value {
-    let rows: Vec<Value> = objects
-        .iter()
-        .map(|o| {
-            let mut row = json!({"cells": [
-                crate::objects::name(o).unwrap_or(""),
-                crate::objects::meta_str(o, "creationTimestamp").unwrap_or(""),
-            ]});
-            if let Some(obj) = row_object(o, include) {
-                row["object"] = obj;
-            }
-            row
-        })
-        .collect();
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": {},
-        "columnDefinitions": [
-            {"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0},
-            {"name": "Created At", "type": "date", "format": "", "description": "CreationTimestamp is a timestamp representing the server time when this object was created.", "priority": 0},
-        ],
-        "rows": rows,
-    })
-}
-
-/// What a row carries: nothing, `PartialObjectMetadata`, or the whole object.
-pub fn row_object(object: &Value, include: IncludeObject) -> Option<Value> {
-    match include {
-        IncludeObject::None => None,
-        IncludeObject::Object => Some(object.clone()),
-        IncludeObject::Metadata => Some(json!({
-            "kind": "PartialObjectMetadata",
-            "apiVersion": "meta.k8s.io/v1",
-            "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
-        })),
-    }
+    let mut table = api::table::table_for(res.kind, objects, now, include);
+    table.metadata.resource_version = Some(resource_version.to_owned());
+    serde_json::to_value(&table).unwrap_or(Value::Null)
 }

@@ -5,16 +5,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
-use apiserver::logs::{LogQuery, log_response};
-use apiserver::state::{ApiConfig, AppState, LogSource};
-use axum::response::Response;
-use futures::StreamExt;
+use apiserver::{ApiConfig, AppState, LogSource};
 use jiff::Timestamp;
 use serde_json::{Value, json};
 use store::Store;
 use store::memory::MemoryStore;
+
+mod loopback;
+use loopback::{Reply, Server};
 
 /// Log files by (container, previous); `live` says whether the writer still runs.
 struct FakeLogs {
@@ -44,7 +43,7 @@ impl LogSource for FakeLogs {
 }
 
 struct Fixture {
-    state: AppState,
+    server: Server,
     logs: Arc<FakeLogs>,
     dir: tempfile::TempDir,
 }
@@ -62,9 +61,13 @@ impl Fixture {
         f.write_all(text.as_bytes()).expect("append");
     }
 
-    async fn get(&self, pod: &str, query: &str) -> Response {
-        let q = LogQuery::parse(Some(query)).expect("query parses");
-        log_response(&self.state, "default", pod, q).await
+    async fn get(&self, pod: &str, query: &str) -> Reply {
+        self.server
+            .get(
+                &format!("/api/v1/namespaces/default/pods/{pod}/log?{query}"),
+                &[],
+            )
+            .await
     }
 }
 
@@ -149,23 +152,18 @@ async fn fixture() -> Fixture {
     let state = AppState::new(store)
         .with_logs(logs.clone())
         .with_config(config);
-    Fixture { state, logs, dir }
+    let server = Server::start(state).await;
+    Fixture { server, logs, dir }
 }
 
-async fn text(response: Response) -> String {
-    let bytes = tokio::time::timeout(
-        Duration::from_secs(5),
-        axum::body::to_bytes(response.into_body(), usize::MAX),
-    )
-    .await
-    .expect("the log ends")
-    .expect("body reads");
-    String::from_utf8(bytes.to_vec()).expect("utf-8")
+async fn text(reply: Reply) -> String {
+    assert_eq!(reply.status, 200);
+    reply.text().await
 }
 
-async fn status(response: Response) -> (u16, Value) {
-    let code = response.status().as_u16();
-    let body: Value = serde_json::from_str(&text(response).await).expect("Status JSON");
+async fn status(reply: Reply) -> (u16, Value) {
+    let code = reply.status;
+    let body: Value = serde_json::from_str(&reply.text().await).expect("Status JSON");
     assert_eq!(body["kind"], "Status");
     (code, body)
 }
@@ -173,10 +171,9 @@ async fn status(response: Response) -> (u16, Value) {
 #[tokio::test]
 async fn prints_the_text_of_each_line_with_partials_joined() {
     let fx = fixture().await;
-    let response = fx.get("web", "container=main").await;
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/plain");
-    assert_eq!(text(response).await, "one\ntwo\nthree\nfour\n");
+    let reply = fx.get("web", "container=main").await;
+    assert_eq!(reply.header("content-type"), Some("text/plain"));
+    assert_eq!(text(reply).await, "one\ntwo\nthree\nfour\n");
 }
 
 #[tokio::test]
@@ -295,42 +292,30 @@ async fn missing_pods_and_bad_options_are_status_errors() {
 async fn follow_streams_appended_lines_until_the_container_stops() {
     let fx = fixture().await;
     fx.logs.live.store(true, Ordering::SeqCst);
-    let response = fx
+    let mut reply = fx
         .get("web", "container=main&follow=true&tailLines=1")
         .await;
-    assert_eq!(response.status(), 200);
-    let mut body = response.into_body().into_data_stream();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("transfer-encoding"), Some("chunked"));
     let mut seen = String::new();
-    let mut read_until = async |seen: &mut String, want: &str| {
+    async fn read_until(reply: &mut Reply, seen: &mut String, want: &str) {
         while !seen.ends_with(want) {
-            let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
-                .await
-                .expect("a chunk within 5 s")
-                .expect("stream still open")
-                .expect("chunk reads");
+            let chunk = reply.chunk().await.expect("stream still open");
             seen.push_str(std::str::from_utf8(&chunk).expect("utf-8"));
         }
-    };
-    read_until(&mut seen, "four\n").await;
+    }
+    read_until(&mut reply, &mut seen, "four\n").await;
     assert_eq!(seen, "four\n");
 
     // A line written in two pieces arrives whole, after its second piece.
     fx.append("main.log", "2026-11-25T15:52:00.000000000Z stdout P fi\n");
     fx.append("main.log", "2026-11-25T15:52:00.100000000Z stdout F ve\n");
-    read_until(&mut seen, "five\n").await;
+    read_until(&mut reply, &mut seen, "five\n").await;
     assert_eq!(seen, "four\nfive\n");
 
     // Written just before the container stops: still delivered, then the stream ends.
     fx.append("main.log", "2026-11-25T15:52:01.000000000Z stdout F six\n");
     fx.logs.live.store(false, Ordering::SeqCst);
-    let rest = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut rest = String::new();
-        while let Some(chunk) = body.next().await {
-            rest.push_str(std::str::from_utf8(&chunk.expect("chunk")).expect("utf-8"));
-        }
-        rest
-    })
-    .await
-    .expect("the stream ends once the container stopped");
+    let rest = reply.text().await;
     assert_eq!(format!("{seen}{rest}"), "four\nfive\nsix\n");
 }

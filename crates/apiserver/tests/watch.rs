@@ -5,20 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use apiserver::query::{IncludeObject, ListQuery, Render};
-use apiserver::resources::{ResourceInfo, lookup};
-use apiserver::state::{ApiConfig, AppState};
-use apiserver::watch::watch_response;
-use axum::body::BodyDataStream;
-use axum::response::Response;
-use futures::StreamExt;
+use apiserver::{ApiConfig, AppState};
 use serde_json::{Value, json};
 use store::memory::MemoryStore;
 use store::{KeyValue, Options, Revision, Store, StoreError, Watch};
 
-fn pods() -> &'static ResourceInfo {
-    lookup("", "v1", "pods").expect("pods are served")
-}
+mod loopback;
+use loopback::{Reply, Server};
 
 /// Stores a pod the way clients see it, minus the `resourceVersion` the store assigns.
 /// Creates it, or replaces it when it exists.
@@ -46,31 +39,38 @@ async fn delete(store: &dyn Store, ns: &str, name: &str) -> Revision {
     store.revision().await.expect("revision")
 }
 
-async fn watch(state: &AppState, ns: Option<&str>, query: &str, render: Render) -> Response {
-    let q = ListQuery::parse(Some(query)).expect("query parses");
-    watch_response(state, pods(), ns, &q, render).await
+/// kubectl's Accept header for `get`.
+const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+
+/// `GET` of the pods collection (of `ns`, or all namespaces) with `query`.
+async fn get(server: &Server, ns: Option<&str>, query: &str, accept: &str) -> Reply {
+    let path = match ns {
+        Some(ns) => format!("/api/v1/namespaces/{ns}/pods?{query}"),
+        None => format!("/api/v1/pods?{query}"),
+    };
+    server.get(&path, &[("Accept", accept)]).await
 }
 
-/// The events of a watch response body.
+async fn watch(server: &Server, ns: Option<&str>, query: &str) -> Events {
+    Events::of(get(server, ns, query, "application/json").await)
+}
+
+/// The events of a watch reply.
 struct Events {
-    body: BodyDataStream,
+    reply: Reply,
 }
 
 impl Events {
-    fn of(response: Response) -> Events {
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.headers()["content-type"], "application/json");
-        Events {
-            body: response.into_body().into_data_stream(),
-        }
+    fn of(reply: Reply) -> Events {
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        assert_eq!(reply.header("transfer-encoding"), Some("chunked"));
+        Events { reply }
     }
 
     /// The next event, or None when the stream has ended; fails after 5 s of silence.
     async fn next(&mut self) -> Option<Value> {
-        let chunk = tokio::time::timeout(Duration::from_secs(5), self.body.next())
-            .await
-            .expect("an event or the end within 5 s")?
-            .expect("body reads");
+        let chunk = self.reply.chunk().await?;
         // One event per chunk, each a full line: nothing waits for a later write.
         assert_eq!(chunk.last(), Some(&b'\n'), "an event is one whole line");
         assert_eq!(chunk.iter().filter(|b| **b == b'\n').count(), 1);
@@ -83,13 +83,21 @@ impl Events {
 
     /// Nothing arrives (and the stream stays open) for `wait`.
     async fn quiet(&mut self, wait: Duration) {
-        if let Ok(item) = tokio::time::timeout(wait, self.body.next()).await {
+        if let Ok(chunk) = self.reply.chunk_within(wait).await {
             panic!(
                 "expected silence, got {:?}",
-                item.map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
+                chunk.map(|c| String::from_utf8_lossy(&c).into_owned())
             );
         }
     }
+}
+
+/// A Status error reply: its code and body.
+async fn status(reply: Reply) -> (u16, Value) {
+    let code = reply.status;
+    let body: Value = serde_json::from_str(&reply.text().await).expect("Status JSON");
+    assert_eq!(body["kind"], "Status");
+    (code, body)
 }
 
 /// `(type, name, resourceVersion)` of an event carrying a plain object.
@@ -111,28 +119,25 @@ fn ev(kind: &str, name: &str, rv: Revision) -> (String, String, String) {
     (kind.to_owned(), name.to_owned(), rv.to_string())
 }
 
-fn state_with(store: Arc<dyn Store>) -> AppState {
-    AppState::new(store)
+async fn serve(store: Arc<dyn Store>) -> Server {
+    Server::start(AppState::new(store)).await
 }
 
 #[tokio::test]
 async fn watch_from_a_list_revision_sees_exactly_the_later_changes() {
     let store = Arc::new(MemoryStore::new());
-    let state = state_with(store.clone());
+    let server = serve(store.clone()).await;
     let a = put(&*store, "default", "a", json!({}), "Pending").await;
     put(&*store, "default", "b", json!({}), "Pending").await;
     let (_, list_rv) = store.list("/registry/pods/default/").await.expect("list");
     assert!(list_rv >= a.mod_revision);
 
-    let mut events = Events::of(
-        watch(
-            &state,
-            Some("default"),
-            &format!("resourceVersion={list_rv}&watch=true"),
-            Render::Json,
-        )
-        .await,
-    );
+    let mut events = watch(
+        &server,
+        Some("default"),
+        &format!("resourceVersion={list_rv}&watch=true"),
+    )
+    .await;
     let a2 = put(&*store, "default", "a", json!({}), "Running").await;
     let b_gone = delete(&*store, "default", "b").await;
     // Another namespace, and a namespace whose name starts the same: not watched.
@@ -158,7 +163,7 @@ async fn watch_from_a_list_revision_sees_exactly_the_later_changes() {
 #[tokio::test]
 async fn empty_or_zero_resource_version_sends_current_objects_first() {
     let store = Arc::new(MemoryStore::new());
-    let state = state_with(store.clone());
+    let server = serve(store.clone()).await;
     let a = put(&*store, "default", "a", json!({}), "Pending").await;
     let b = put(&*store, "default", "b", json!({}), "Pending").await;
     for query in [
@@ -166,7 +171,7 @@ async fn empty_or_zero_resource_version_sends_current_objects_first() {
         "resourceVersion=&watch=true",
         "watch=1",
     ] {
-        let mut events = Events::of(watch(&state, Some("default"), query, Render::Json).await);
+        let mut events = watch(&server, Some("default"), query).await;
         let first = [events.expect().await, events.expect().await];
         let mut got: Vec<_> = first.iter().map(summary).collect();
         got.sort();
@@ -182,8 +187,7 @@ async fn empty_or_zero_resource_version_sends_current_objects_first() {
         assert_eq!(first[0]["object"]["spec"]["containers"][0]["name"], "main");
         events.quiet(Duration::from_millis(100)).await;
     }
-    let mut events =
-        Events::of(watch(&state, None, "resourceVersion=0&watch=true", Render::Json).await);
+    let mut events = watch(&server, None, "resourceVersion=0&watch=true").await;
     events.expect().await;
     events.expect().await;
     let c = put(&*store, "elsewhere", "c", json!({}), "Pending").await;
@@ -199,7 +203,7 @@ async fn too_old_resource_version_ends_with_a_410_error_event() {
         history: 2,
         ..Options::default()
     }));
-    let state = state_with(store.clone());
+    let server = serve(store.clone()).await;
     for phase in ["Pending", "Running", "Succeeded", "Failed", "Unknown"] {
         put(&*store, "default", "a", json!({}), phase).await;
     }
@@ -210,15 +214,7 @@ async fn too_old_resource_version_ends_with_a_410_error_event() {
     };
     assert!(expected.starts_with("too old resource version: 1 ("));
 
-    let mut events = Events::of(
-        watch(
-            &state,
-            Some("default"),
-            "resourceVersion=1&watch=true",
-            Render::Json,
-        )
-        .await,
-    );
+    let mut events = watch(&server, Some("default"), "resourceVersion=1&watch=true").await;
     let error = events.expect().await;
     assert_eq!(error["type"], "ERROR");
     let status = &error["object"];
@@ -237,14 +233,14 @@ async fn too_old_resource_version_ends_with_a_410_error_event() {
 #[tokio::test]
 async fn watch_list_sends_added_then_the_initial_events_end_bookmark_then_changes() {
     let store = Arc::new(MemoryStore::new());
-    let state = state_with(store.clone());
+    let server = serve(store.clone()).await;
     let a = put(&*store, "default", "a", json!({}), "Running").await;
     put(&*store, "default", "b", json!({}), "Running").await;
     let at_start = store.revision().await.expect("revision");
 
     // What `kubectl wait` and `kubectl delete` send.
     let query = "allowWatchBookmarks=true&fieldSelector=metadata.name%3Da&resourceVersionMatch=NotOlderThan&sendInitialEvents=true&timeoutSeconds=373&watch=true";
-    let mut events = Events::of(watch(&state, Some("default"), query, Render::Json).await);
+    let mut events = watch(&server, Some("default"), query).await;
     assert_eq!(
         summary(&events.expect().await),
         ev("ADDED", "a", a.mod_revision)
@@ -267,25 +263,22 @@ async fn watch_list_sends_added_then_the_initial_events_end_bookmark_then_change
 
     // An empty selection still gets its bookmark.
     let query = "fieldSelector=metadata.name%3Dnone&resourceVersionMatch=NotOlderThan&sendInitialEvents=true&watch=true";
-    let mut events = Events::of(watch(&state, Some("default"), query, Render::Json).await);
+    let mut events = watch(&server, Some("default"), query).await;
     assert_eq!(events.expect().await["type"], "BOOKMARK");
 }
 
 #[tokio::test]
 async fn watch_list_without_not_older_than_is_rejected_with_422() {
-    let state = state_with(Arc::new(MemoryStore::new()));
-    let response = watch(
-        &state,
+    let server = serve(Arc::new(MemoryStore::new())).await;
+    let reply = get(
+        &server,
         Some("default"),
         "sendInitialEvents=true&watch=true",
-        Render::Json,
+        "application/json",
     )
     .await;
-    assert_eq!(response.status(), 422);
-    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-        .await
-        .expect("body");
-    let status: Value = serde_json::from_slice(&body).expect("Status");
+    let (code, status) = status(reply).await;
+    assert_eq!(code, 422);
     assert_eq!(status["reason"], "Invalid");
     assert_eq!(
         status["message"],
@@ -296,41 +289,32 @@ async fn watch_list_without_not_older_than_is_rejected_with_422() {
 #[tokio::test]
 async fn selectors_filter_and_turn_transitions_into_added_and_deleted() {
     let store = Arc::new(MemoryStore::new());
-    let state = state_with(store.clone());
+    let server = serve(store.clone()).await;
     put(&*store, "default", "x", json!({}), "Pending").await;
     put(&*store, "default", "y", json!({}), "Pending").await;
     let rv = store.revision().await.expect("revision");
 
     // metadata.name=x: only x, whatever happens to y.
-    let mut by_name = Events::of(
-        watch(
-            &state,
-            Some("default"),
-            &format!("fieldSelector=metadata.name%3Dx&resourceVersion={rv}&watch=true"),
-            Render::Json,
-        )
-        .await,
-    );
+    let mut by_name = watch(
+        &server,
+        Some("default"),
+        &format!("fieldSelector=metadata.name%3Dx&resourceVersion={rv}&watch=true"),
+    )
+    .await;
     // status.phase=Running: objects move in and out of the selection.
-    let mut running = Events::of(
-        watch(
-            &state,
-            Some("default"),
-            &format!("fieldSelector=status.phase%3DRunning&resourceVersion={rv}&watch=true"),
-            Render::Json,
-        )
-        .await,
-    );
+    let mut running = watch(
+        &server,
+        Some("default"),
+        &format!("fieldSelector=status.phase%3DRunning&resourceVersion={rv}&watch=true"),
+    )
+    .await;
     // A label selector behaves the same way.
-    let mut labelled = Events::of(
-        watch(
-            &state,
-            Some("default"),
-            &format!("labelSelector=app%3Dweb&resourceVersion={rv}&watch=true"),
-            Render::Json,
-        )
-        .await,
-    );
+    let mut labelled = watch(
+        &server,
+        Some("default"),
+        &format!("labelSelector=app%3Dweb&resourceVersion={rv}&watch=true"),
+    )
+    .await;
 
     put(&*store, "default", "y", json!({"app": "web"}), "Running").await;
     let x1 = put(&*store, "default", "x", json!({}), "Running").await;
@@ -373,31 +357,36 @@ async fn selectors_filter_and_turn_transitions_into_added_and_deleted() {
 
 #[tokio::test]
 async fn bad_selectors_are_rejected_with_400() {
-    let state = state_with(Arc::new(MemoryStore::new()));
-    for query in [
-        "fieldSelector=spec.color%3Dblue&watch=true",
-        "labelSelector=app%20in%20(&watch=true",
+    let server = serve(Arc::new(MemoryStore::new())).await;
+    for (query, message) in [
+        (
+            "fieldSelector=spec.color%3Dblue&watch=true",
+            "field label not supported: spec.color",
+        ),
+        ("labelSelector=app%20in%20(&watch=true", ""),
     ] {
-        let response = watch(&state, Some("default"), query, Render::Json).await;
-        assert_eq!(response.status(), 400, "{query}");
+        let (code, body) =
+            status(get(&server, Some("default"), query, "application/json").await).await;
+        assert_eq!(code, 400, "{query}");
+        assert_eq!(body["reason"], "BadRequest");
+        if !message.is_empty() {
+            assert_eq!(body["message"], message);
+        }
     }
 }
 
 #[tokio::test]
 async fn timeout_seconds_closes_the_stream() {
     let store = Arc::new(MemoryStore::new());
-    let state = state_with(store.clone());
+    let server = serve(store.clone()).await;
     put(&*store, "default", "a", json!({}), "Pending").await;
     let started = Instant::now();
-    let mut events = Events::of(
-        watch(
-            &state,
-            Some("default"),
-            "resourceVersion=0&timeoutSeconds=1&watch=true",
-            Render::Json,
-        )
-        .await,
-    );
+    let mut events = watch(
+        &server,
+        Some("default"),
+        "resourceVersion=0&timeoutSeconds=1&watch=true",
+    )
+    .await;
     assert_eq!(events.expect().await["type"], "ADDED");
     assert!(events.next().await.is_none(), "the stream ends");
     let took = started.elapsed();
@@ -410,8 +399,8 @@ async fn timeout_seconds_closes_the_stream() {
 #[tokio::test]
 async fn without_a_timeout_an_idle_watch_stays_open() {
     let store = Arc::new(MemoryStore::new());
-    let state = state_with(store.clone());
-    let mut events = Events::of(watch(&state, Some("default"), "watch=true", Render::Json).await);
+    let server = serve(store.clone()).await;
+    let mut events = watch(&server, Some("default"), "watch=true").await;
     events.quiet(Duration::from_millis(1500)).await;
     put(&*store, "default", "late", json!({}), "Pending").await;
     assert_eq!(summary(&events.expect().await).1, "late");
@@ -424,19 +413,16 @@ async fn bookmarks_are_sent_periodically_when_allowed() {
         bookmark_interval: Duration::from_millis(200),
         ..ApiConfig::default()
     };
-    let state = state_with(store.clone()).with_config(config);
+    let server = Server::start(AppState::new(store.clone()).with_config(config)).await;
     put(&*store, "default", "a", json!({}), "Pending").await;
     let rv = store.revision().await.expect("revision");
 
-    let mut events = Events::of(
-        watch(
-            &state,
-            Some("default"),
-            &format!("allowWatchBookmarks=true&resourceVersion={rv}&watch=true"),
-            Render::Json,
-        )
-        .await,
-    );
+    let mut events = watch(
+        &server,
+        Some("default"),
+        &format!("allowWatchBookmarks=true&resourceVersion={rv}&watch=true"),
+    )
+    .await;
     let bookmark = events.expect().await;
     assert_eq!(bookmark["type"], "BOOKMARK");
     assert_eq!(
@@ -461,32 +447,35 @@ async fn bookmarks_are_sent_periodically_when_allowed() {
     );
 
     // Not asked for: none.
-    let mut quiet = Events::of(
-        watch(
-            &state,
-            Some("default"),
-            &format!("resourceVersion={}&watch=true", b.mod_revision),
-            Render::Json,
-        )
-        .await,
-    );
+    let mut quiet = watch(
+        &server,
+        Some("default"),
+        &format!("resourceVersion={}&watch=true", b.mod_revision),
+    )
+    .await;
     quiet.quiet(Duration::from_millis(600)).await;
 }
 
 #[tokio::test]
 async fn table_watches_carry_one_row_tables() {
     let store = Arc::new(MemoryStore::new());
-    let state = state_with(store.clone());
+    let server = serve(store.clone()).await;
     let a = put(&*store, "default", "a", json!({}), "Pending").await;
-    let table = Render::Table {
-        include: IncludeObject::Metadata,
-    };
+    // `kubectl get pods -w`: the list gives the columns, the watch the rows.
+    let list = get(&server, Some("default"), "limit=500", TABLE_ACCEPT).await;
+    assert_eq!(list.status, 200);
+    let list: Value = serde_json::from_str(&list.text().await).expect("Table JSON");
+    let columns = list["columnDefinitions"].as_array().expect("columns").len();
+    let list_rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("list resourceVersion")
+        .to_owned();
     let mut events = Events::of(
-        watch(
-            &state,
+        get(
+            &server,
             Some("default"),
             "resourceVersion=0&watch=true",
-            table,
+            TABLE_ACCEPT,
         )
         .await,
     );
@@ -504,6 +493,11 @@ async fn table_watches_carry_one_row_tables() {
     );
     let rows = t["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0]["cells"].as_array().map(Vec::len),
+        Some(columns),
+        "one cell per column of the list"
+    );
     assert_eq!(rows[0]["cells"][0], "a");
     assert_eq!(rows[0]["cells"][2], "Pending");
     assert_eq!(rows[0]["object"]["kind"], "PartialObjectMetadata");
@@ -512,7 +506,21 @@ async fn table_watches_carry_one_row_tables() {
         a.mod_revision.to_string()
     );
 
+    // Resuming from the list's revision gives the same rows.
+    let mut resumed = Events::of(
+        get(
+            &server,
+            Some("default"),
+            &format!("resourceVersion={list_rv}&watch=true"),
+            TABLE_ACCEPT,
+        )
+        .await,
+    );
     put(&*store, "default", "a", json!({}), "Running").await;
+    assert_eq!(
+        resumed.expect().await["object"]["rows"][0]["cells"][2],
+        "Running"
+    );
     let modified = events.expect().await;
     assert_eq!(modified["type"], "MODIFIED");
     assert_eq!(modified["object"]["rows"][0]["cells"][2], "Running");
@@ -584,56 +592,19 @@ impl Store for CountingStore {
 
 #[tokio::test]
 async fn a_client_that_goes_away_releases_its_watch() {
-    use axum::extract::{RawQuery, State};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     let open = Arc::new(AtomicUsize::new(0));
     let store = Arc::new(CountingStore {
         inner: MemoryStore::new(),
         open: open.clone(),
     });
     put(&*store, "default", "a", json!({}), "Pending").await;
-    let state = state_with(store.clone());
-    let app = axum::Router::new()
-        .route(
-            "/api/v1/namespaces/default/pods",
-            axum::routing::get(
-                |State(state): State<AppState>, RawQuery(query): RawQuery| async move {
-                    let q = ListQuery::parse(query.as_deref()).expect("query");
-                    watch_response(&state, pods(), Some("default"), &q, Render::Json).await
-                },
-            ),
-        )
-        .with_state(state);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let server = serve(store.clone()).await;
 
-    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    conn.write_all(
-        b"GET /api/v1/namespaces/default/pods?watch=true&resourceVersion=0 HTTP/1.1\r\nHost: test\r\n\r\n",
-    )
-    .await
-    .expect("request");
-    // Read until the first event has arrived over the wire.
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("\"ADDED\"") {
-        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf))
-            .await
-            .expect("the event arrives")
-            .expect("read");
-        assert!(n > 0, "the server closed the watch");
-        seen.extend_from_slice(&buf[..n]);
-    }
-    let head = String::from_utf8_lossy(&seen).to_ascii_lowercase();
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let mut events = watch(&server, Some("default"), "resourceVersion=0&watch=true").await;
+    assert_eq!(events.expect().await["type"], "ADDED");
     assert_eq!(open.load(Ordering::SeqCst), 1);
 
-    drop(conn);
+    drop(events);
     let deadline = Instant::now() + Duration::from_secs(5);
     while open.load(Ordering::SeqCst) != 0 {
         assert!(
@@ -642,5 +613,4 @@ async fn a_client_that_goes_away_releases_its_watch() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    server.abort();
 }

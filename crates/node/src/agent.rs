@@ -119,12 +119,15 @@ impl Agent {
     /// Runs until `shutdown`; pods keep running under their supervisors afterwards.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let node = self.config.node_name.clone();
-        register_node(&self.client, &node)
-            .await
-            .map_err(|source| AgentError::Register {
-                node: node.clone(),
-                source,
-            })?;
+        // The API may still be starting: retry for a while before giving up.
+        let mut attempt = 0;
+        while let Err(source) = register_node(&self.client, &node).await {
+            attempt += 1;
+            if attempt >= 50 || shutdown.is_cancelled() {
+                return Err(AgentError::Register { node, source });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let heartbeat = tokio::spawn(heartbeat(
             self.client.clone(),
             node.clone(),

@@ -139,6 +139,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         state,
         shutdown.clone(),
     ));
+    wait_until_listening(listen).await;
     let agent = tokio::spawn(agent.run(shutdown.clone()));
     let scheduler = tokio::spawn(controllers::scheduler::run(
         client.clone(),
@@ -174,6 +175,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let _ = scheduler.await;
     let _ = std::fs::remove_file(data_dir.join("tandem.pid"));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The agent and the scheduler are API clients like any other: start them once the
+/// server accepts connections, so their first requests do not fail.
+async fn wait_until_listening(addr: std::net::SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn client_from_kubeconfig(text: &str) -> anyhow::Result<kube::Client> {
@@ -227,8 +239,9 @@ pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     }
     let pid = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    // `up` removes its pid file as its last step (a zombie would still answer kill(0)).
     for _ in 0..200 {
-        if nix::sys::signal::kill(pid, None).is_err() {
+        if !pid_file.exists() || nix::sys::signal::kill(pid, None).is_err() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
