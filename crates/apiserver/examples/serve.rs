@@ -20,7 +20,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = server.local_addr()?;
     let kubeconfig = apiserver::pki::kubeconfig(&format!("https://{addr}"), &pki, "tandem");
     apiserver::pki::write_private(&dir.join("kubeconfig"), kubeconfig.as_bytes())?;
-    println!("serving on https://{addr}; KUBECONFIG={}", dir.join("kubeconfig").display());
+    println!(
+        "serving on https://{addr}; KUBECONFIG={}",
+        dir.join("kubeconfig").display()
+    );
     let config = ApiConfig {
         server_address: addr.to_string(),
         ..ApiConfig::default()

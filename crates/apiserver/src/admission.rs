@@ -222,6 +222,13 @@ pub fn apply_defaults(
         ("", "Secret") => {
             let mut secret: Secret = typed(res, object)?;
             api::defaults::default_secret(&mut secret);
+            // `stringData` is write-only: it lands in `data`, overriding keys there.
+            if let Some(strings) = secret.string_data.take() {
+                let data = secret.data.get_or_insert_with(BTreeMap::new);
+                for (k, v) in strings {
+                    data.insert(k, k8s_openapi::ByteString(v.into_bytes()));
+                }
+            }
             *object = to_value(&secret)?;
         }
         _ => {}
@@ -653,6 +660,20 @@ mod tests {
         assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
         assert_eq!(s["spec"]["ports"][1]["targetPort"], "https");
         assert_eq!(s["spec"]["ports"][1]["protocol"], "UDP");
+    }
+
+    #[test]
+    fn secret_string_data_is_stored_as_data() {
+        let s = defaulted(
+            "secrets",
+            "",
+            json!({"apiVersion":"v1","kind":"Secret","metadata":{"name":"s"},
+                   "data":{"a":"eA=="},"stringData":{"b":"hi","a":"over"}}),
+        );
+        assert_eq!(s["type"], "Opaque");
+        assert_eq!(s["data"]["b"], "aGk=");
+        assert_eq!(s["data"]["a"], "b3Zlcg==");
+        assert!(s.get("stringData").is_none());
     }
 
     #[test]

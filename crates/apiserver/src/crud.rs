@@ -302,7 +302,15 @@ pub async fn update(state: &AppState, t: &Target, req: &Request) -> ApiResult<Re
     {
         return Err(conflict(t.res, item_name(t)));
     }
-    commit(state, t, kv.mod_revision, old, new, warnings, render).await
+    let (stored, warnings) = commit(state, t, kv.mod_revision, old, new, warnings).await?;
+    Ok(object_reply(
+        t.res,
+        render,
+        stored,
+        StatusCode::OK,
+        &warnings,
+        state.config.now(),
+    ))
 }
 
 /// The name and namespace in a body must be those of the URL (missing ones are
@@ -372,10 +380,20 @@ pub async fn patch(state: &AppState, t: &Target, req: &Request) -> ApiResult<Res
             return Err(conflict(t.res, item_name(t)));
         }
         check_identity(t, &mut new)?;
-        match commit(state, t, kv.mod_revision, old, new, warnings, render).await {
+        match commit(state, t, kv.mod_revision, old, new, warnings).await {
             // Someone wrote in between: patch the newer object.
             Err(e) if e.code() == 409 && e.reason() == "Conflict" => last_conflict = Some(e),
-            other => return other,
+            Err(e) => return Err(e),
+            Ok((stored, warnings)) => {
+                return Ok(object_reply(
+                    t.res,
+                    render,
+                    stored,
+                    StatusCode::OK,
+                    &warnings,
+                    state.config.now(),
+                ));
+            }
         }
     }
     Err(last_conflict.unwrap_or_else(|| conflict(t.res, item_name(t))))
@@ -383,6 +401,7 @@ pub async fn patch(state: &AppState, t: &Target, req: &Request) -> ApiResult<Res
 
 /// Stores an update of `old` (at `revision`) to `new`: runs the strategy and
 /// admission, removes an object whose last finalizer went, skips no-op writes.
+/// Returns the object as stored (or as last seen, when removed) and the warnings.
 async fn commit(
     state: &AppState,
     t: &Target,
@@ -390,9 +409,7 @@ async fn commit(
     old: Value,
     new: Value,
     mut warnings: Vec<String>,
-    render: Render,
-) -> ApiResult<Response> {
-    let now = state.config.now();
+) -> ApiResult<(Value, Vec<String>)> {
     let new = match t.subresource.as_deref() {
         // Only the status changes; the rest stays as stored.
         Some("status") => with_status(&old, &new),
@@ -409,6 +426,7 @@ async fn commit(
             }
             merged
         }
+        // The main resource (and `scale`, which hands in a changed main object).
         _ => {
             let mut new = new;
             prepare_update(t.res, &mut new, &old);
@@ -431,21 +449,12 @@ async fn commit(
     let key = t.res.key(ns(t), item_name(t));
 
     if is_deleting(&new) && may_be_removed(t.res, &new) {
-        match state.store.delete(&key, Some(revision)).await {
-            Ok(_) => {
-                return Ok(object_reply(
-                    t.res,
-                    render,
-                    new,
-                    StatusCode::OK,
-                    &warnings,
-                    now,
-                ));
-            }
-            Err(StoreError::Conflict { .. }) => return Err(conflict(t.res, item_name(t))),
-            Err(StoreError::NotFound(_)) => return Err(not_found(t.res, item_name(t))),
-            Err(e) => return Err(e.into()),
-        }
+        return match state.store.delete(&key, Some(revision)).await {
+            Ok(_) => Ok((new, warnings)),
+            Err(StoreError::Conflict { .. }) => Err(conflict(t.res, item_name(t))),
+            Err(StoreError::NotFound(_)) => Err(not_found(t.res, item_name(t))),
+            Err(e) => Err(e.into()),
+        };
     }
 
     // A write that changes nothing keeps the resourceVersion (and wakes no watcher).
@@ -454,14 +463,7 @@ async fn commit(
     meta_mut(&mut old_cmp).remove("resourceVersion");
     meta_mut(&mut new_cmp).remove("resourceVersion");
     if old_cmp == new_cmp {
-        return Ok(object_reply(
-            t.res,
-            render,
-            old,
-            StatusCode::OK,
-            &warnings,
-            now,
-        ));
+        return Ok((old, warnings));
     }
 
     match state
@@ -472,14 +474,7 @@ async fn commit(
         Ok(kv) => {
             let mut new = new;
             decorate(t.res, &mut new, kv.mod_revision);
-            Ok(object_reply(
-                t.res,
-                render,
-                new,
-                StatusCode::OK,
-                &warnings,
-                now,
-            ))
+            Ok((new, warnings))
         }
         Err(StoreError::Conflict { .. }) => Err(conflict(t.res, item_name(t))),
         Err(StoreError::NotFound(_)) => Err(not_found(t.res, item_name(t))),
@@ -771,6 +766,114 @@ pub async fn delete_collection(state: &AppState, t: &Target, req: &Request) -> A
         &objects::list(t.res, items, revision),
         &[],
     ))
+}
+
+// ---------------------------------------------------------------------------
+// Scale
+
+/// The `autoscaling/v1` `Scale` view of a Deployment or ReplicaSet.
+fn to_scale(object: &Value) -> Value {
+    let meta = object.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let pick = |k: &str| meta.get(k).cloned().unwrap_or(Value::Null);
+    let selector = object
+        .pointer("/spec/selector")
+        .cloned()
+        .and_then(|s| serde_json::from_value(s).ok())
+        .and_then(|s| LabelSelector::from_api(&s).ok())
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": pick("name"),
+            "namespace": pick("namespace"),
+            "uid": pick("uid"),
+            "resourceVersion": pick("resourceVersion"),
+            "creationTimestamp": pick("creationTimestamp"),
+        },
+        "spec": {"replicas": object.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
+        "status": {
+            "replicas": object.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
+            "selector": selector,
+        },
+    })
+}
+
+/// `GET`, `PUT` and `PATCH` of `…/scale`: reads and sets `spec.replicas`.
+pub async fn scale(
+    state: &AppState,
+    t: &Target,
+    req: &Request,
+    method: &axum::http::Method,
+) -> ApiResult<Response> {
+    if method == axum::http::Method::GET {
+        let (_, object) = load(state, t).await?;
+        return Ok(json_reply(StatusCode::OK, &to_scale(&object), &[]));
+    }
+    req.reject_dry_run()?;
+    let patch_type = if method == axum::http::Method::PATCH {
+        let ct = req.header(header::CONTENT_TYPE).unwrap_or("");
+        match PatchType::from_content_type(ct) {
+            Some(PatchType::Apply) | None => {
+                return Err(unsupported_media_type(
+                    ct,
+                    &[
+                        PatchType::Json.content_type(),
+                        PatchType::Merge.content_type(),
+                        PatchType::Strategic.content_type(),
+                    ],
+                ));
+            }
+            Some(p) => Some(p),
+        }
+    } else {
+        None
+    };
+    let mut last = None;
+    for _ in 0..RETRIES {
+        let (kv, old) = load(state, t).await?;
+        let current = to_scale(&old);
+        let wanted = match patch_type {
+            Some(p) => apply_patch("Scale", &current, p, &req.body)
+                .map_err(|e| failure(e.http_status(), e.reason(), &e.to_string(), None))?,
+            None => parse_object(req.header(header::CONTENT_TYPE), &req.body)?,
+        };
+        if let Some(rv) = objects::resource_version(&wanted)
+            && rv != kv.mod_revision.to_string()
+        {
+            return Err(conflict(t.res, item_name(t)));
+        }
+        let replicas = wanted
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if replicas < 0 {
+            return Err(failure(
+                422,
+                "Invalid",
+                &format!(
+                    "Scale.autoscaling \"{}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0",
+                    item_name(t)
+                ),
+                None,
+            ));
+        }
+        let mut new = old.clone();
+        if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert("replicas".to_owned(), json!(replicas));
+        }
+        match commit(state, t, kv.mod_revision, old, new, Vec::new()).await {
+            Err(e) if e.code() == 409 && e.reason() == "Conflict" && patch_type.is_some() => {
+                last = Some(e)
+            }
+            Err(e) => return Err(e),
+            Ok((stored, _)) => {
+                return Ok(json_reply(StatusCode::OK, &to_scale(&stored), &[]));
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| conflict(t.res, item_name(t))))
 }
 
 // ---------------------------------------------------------------------------

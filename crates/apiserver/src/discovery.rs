@@ -7,7 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::render::json_reply;
-use crate::resources::{API_VERSIONS, GROUPS, ResourceInfo, in_group_version};
+use crate::resources::{
+    API_VERSIONS, GROUPS, ResourceInfo, in_group_version, subresource_group_version,
+};
 use crate::state::AppState;
 use crate::status::{ApiResult, no_route};
 
@@ -118,10 +120,10 @@ fn aggregated_resource(r: &ResourceInfo) -> Value {
             .subresources
             .iter()
             .map(|s| {
-                let group = if s.kind == "Binding" { "" } else { r.group };
+                let (group, version) = subresource_group_version(r, s);
                 json!({
                     "subresource": s.name,
-                    "responseKind": {"group": group, "version": r.version, "kind": s.kind},
+                    "responseKind": {"group": group, "version": version, "kind": s.kind},
                     "verbs": s.verbs,
                 })
             })
@@ -217,9 +219,10 @@ pub fn resource_list(group: &str, version: &str) -> ApiResult<Response> {
                 "kind": s.kind,
                 "verbs": s.verbs,
             });
-            if s.kind == "Binding" {
-                sub["group"] = json!("");
-                sub["version"] = json!("v1");
+            let (group, version) = subresource_group_version(r, s);
+            if (group, version) != (r.group, r.version) {
+                sub["group"] = json!(group);
+                sub["version"] = json!(version);
             }
             resources.push(sub);
         }

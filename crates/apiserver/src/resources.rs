@@ -129,6 +129,26 @@ const fn status(kind: &'static str) -> Subresource {
     }
 }
 
+const fn scale() -> Subresource {
+    Subresource {
+        name: "scale",
+        kind: "Scale",
+        verbs: STATUS_VERBS,
+    }
+}
+
+/// The group and version of a subresource's kind (`Scale` is `autoscaling/v1`).
+pub fn subresource_group_version<'a>(
+    res: &'a ResourceInfo,
+    sub: &Subresource,
+) -> (&'a str, &'a str) {
+    match sub.kind {
+        "Scale" => ("autoscaling", "v1"),
+        "Binding" => ("", "v1"),
+        _ => (res.group, res.version),
+    }
+}
+
 /// Every served resource, in discovery order.
 pub static RESOURCES: &[ResourceInfo] = &[
     ResourceInfo {
@@ -280,7 +300,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short_names: &["deploy"],
         categories: &["all"],
         list_kind: "DeploymentList",
-        subresources: &[status("Deployment")],
+        subresources: &[scale(), status("Deployment")],
         verbs: VERBS,
     },
     ResourceInfo {
@@ -293,7 +313,7 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short_names: &["rs"],
         categories: &["all"],
         list_kind: "ReplicaSetList",
-        subresources: &[status("ReplicaSet")],
+        subresources: &[scale(), status("ReplicaSet")],
         verbs: VERBS,
     },
     ResourceInfo {

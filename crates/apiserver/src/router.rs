@@ -230,6 +230,12 @@ async fn resource_route(
             Method::PATCH => crud::patch(state, &target, req).await,
             _ => Err(not_allowed()),
         },
+        (Some(_), Some("scale")) => match *method {
+            Method::GET | Method::PUT | Method::PATCH => {
+                crud::scale(state, &target, req, method).await
+            }
+            _ => Err(not_allowed()),
+        },
         (Some(_), Some("finalize")) => match *method {
             Method::PUT => crud::update(state, &target, req).await,
             _ => Err(not_allowed()),

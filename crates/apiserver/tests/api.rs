@@ -212,7 +212,10 @@ async fn generate_name_and_missing_namespace() {
         "metadata": {"generateName": "cfg-"}, "data": {"a": "b"}
     }))
     .expect("configmap");
-    let created = cms.create(&PostParams::default(), &cm).await.expect("create");
+    let created = cms
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
     let name = created.metadata.name.expect("generated name");
     assert!(name.starts_with("cfg-") && name.len() == 9, "{name}");
 
@@ -290,7 +293,10 @@ async fn patches_strategic_and_merge() {
             .expect_err("immutable"),
     );
     assert_eq!(err.code, 422);
-    assert!(err.message.contains("spec: Forbidden: pod updates may not change fields"));
+    assert!(
+        err.message
+            .contains("spec: Forbidden: pod updates may not change fields")
+    );
 
     // Server-side apply is not served yet.
     let err = api_error(
@@ -374,8 +380,11 @@ async fn stale_update_is_a_conflict_and_status_is_separate() {
     // The node reports status through the subresource; spec changes there are ignored.
     let mut reported = second.clone();
     reported.status.get_or_insert_with(Default::default).phase = Some("Running".into());
-    reported.spec.get_or_insert_with(Default::default).containers[0].image =
-        Some("evil:1".into());
+    reported
+        .spec
+        .get_or_insert_with(Default::default)
+        .containers[0]
+        .image = Some("evil:1".into());
     let after = pods
         .replace_status("web", &PostParams::default(), &reported)
         .await
@@ -385,7 +394,9 @@ async fn stale_update_is_a_conflict_and_status_is_separate() {
         Some("Running")
     );
     assert_eq!(
-        after.spec.as_ref().expect("spec").containers[0].image.as_deref(),
+        after.spec.as_ref().expect("spec").containers[0]
+            .image
+            .as_deref(),
         Some("nginx:1.26")
     );
 
@@ -424,7 +435,11 @@ async fn deletes_are_graceful_for_running_pods() {
     // Bound to a node: marked, kept until the node deletes it with grace 0.
     let mut running = pod("web", "nginx");
     running.spec.as_mut().expect("spec").node_name = Some("node1".into());
-    running.spec.as_mut().expect("spec").termination_grace_period_seconds = Some(45);
+    running
+        .spec
+        .as_mut()
+        .expect("spec")
+        .termination_grace_period_seconds = Some(45);
     pods.create(&PostParams::default(), &running)
         .await
         .expect("create");
@@ -468,7 +483,9 @@ async fn finalizers_hold_objects_until_removed() {
         "metadata": {"name": "held", "finalizers": ["example.com/hold"]}
     }))
     .expect("configmap");
-    cms.create(&PostParams::default(), &cm).await.expect("create");
+    cms.create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
     let deleted = cms
         .delete("held", &DeleteParams::default())
         .await
@@ -524,10 +541,7 @@ async fn deployments_and_namespaces() {
         .create(&PostParams::default(), &demo)
         .await
         .expect("create namespace");
-    assert_eq!(
-        demo.status.and_then(|s| s.phase).as_deref(),
-        Some("Active")
-    );
+    assert_eq!(demo.status.and_then(|s| s.phase).as_deref(), Some("Active"));
     assert_eq!(
         demo.metadata
             .labels
@@ -559,9 +573,34 @@ async fn deployments_and_namespaces() {
         Some("RollingUpdate")
     );
 
+    // `kubectl scale` patches the scale subresource.
+    let scaled = deploys
+        .patch_scale(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .expect("scale");
+    assert_eq!(scaled.spec.and_then(|s| s.replicas), Some(3));
+    assert_eq!(
+        scaled.status.and_then(|s| s.selector).as_deref(),
+        Some("app=web")
+    );
+    let after = deploys.get("web").await.expect("get");
+    assert_eq!(after.spec.and_then(|s| s.replicas), Some(3));
+    assert_eq!(after.metadata.generation, Some(2));
+
     let mut bad = d.clone();
     bad.metadata.name = Some("bad".into());
-    bad.spec.as_mut().expect("spec").template.spec.as_mut().expect("pod spec").containers[0]
+    bad.spec
+        .as_mut()
+        .expect("spec")
+        .template
+        .spec
+        .as_mut()
+        .expect("pod spec")
+        .containers[0]
         .name = "Bad_Name".into();
     let err = api_error(
         deploys
@@ -642,7 +681,10 @@ async fn tables_for_lists_and_objects() {
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert_eq!(&columns[..5], ["Name", "Ready", "Status", "Restarts", "Age"]);
+    assert_eq!(
+        &columns[..5],
+        ["Name", "Ready", "Status", "Restarts", "Age"]
+    );
     let row = &table["rows"][0];
     assert_eq!(row["cells"][0], "web");
     assert_eq!(row["cells"][1], "0/3");
@@ -661,7 +703,10 @@ async fn tables_for_lists_and_objects() {
     )
     .await;
     assert_eq!(table["rows"][0]["object"]["kind"], "Pod");
-    assert_eq!(table["rows"][0]["object"]["spec"]["containers"][0]["name"], "main");
+    assert_eq!(
+        table["rows"][0]["object"]["spec"]["containers"][0]["name"],
+        "main"
+    );
 
     // Other kinds get Name and Created At.
     let (_, _, table) = raw(
@@ -679,8 +724,16 @@ async fn tables_for_lists_and_objects() {
 #[tokio::test]
 async fn discovery_shapes() {
     let h = start().await;
-    let aggregated = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
-    let (code, ct, core) = raw(&h.state, Method::GET, "/api", &[("accept", aggregated)], None).await;
+    let aggregated =
+        "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json";
+    let (code, ct, core) = raw(
+        &h.state,
+        Method::GET,
+        "/api",
+        &[("accept", aggregated)],
+        None,
+    )
+    .await;
     assert_eq!(code, 200);
     assert_eq!(
         ct,
@@ -697,7 +750,10 @@ async fn discovery_shapes() {
         .iter()
         .find(|r| r["resource"] == "pods")
         .expect("pods");
-    assert_eq!(pods["responseKind"], json!({"group": "", "version": "v1", "kind": "Pod"}));
+    assert_eq!(
+        pods["responseKind"],
+        json!({"group": "", "version": "v1", "kind": "Pod"})
+    );
     assert_eq!(pods["scope"], "Namespaced");
     assert_eq!(pods["shortNames"], json!(["po"]));
     assert_eq!(pods["categories"], json!(["all"]));
@@ -709,7 +765,14 @@ async fn discovery_shapes() {
         .collect();
     assert!(subs.contains(&"log") && subs.contains(&"status"));
 
-    let (_, _, groups) = raw(&h.state, Method::GET, "/apis", &[("accept", aggregated)], None).await;
+    let (_, _, groups) = raw(
+        &h.state,
+        Method::GET,
+        "/apis",
+        &[("accept", aggregated)],
+        None,
+    )
+    .await;
     let names: Vec<&str> = groups["items"]
         .as_array()
         .expect("items")
@@ -749,7 +812,11 @@ async fn discovery_shapes() {
         assert!(groups.iter().any(|n| n == g), "group {g:?} in {groups:?}");
     }
     let (res, caps) = discovery
-        .resolve_gvk(&kube::core::GroupVersionKind::gvk("apps", "v1", "Deployment"))
+        .resolve_gvk(&kube::core::GroupVersionKind::gvk(
+            "apps",
+            "v1",
+            "Deployment",
+        ))
         .expect("deployments discovered");
     assert_eq!(res.plural, "deployments");
     assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
@@ -842,9 +909,12 @@ async fn https_with_token_and_401_without() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = apiserver::pki::ensure(dir.path(), &[]).expect("pki");
     let state = AppState::new(Arc::new(MemoryStore::new()));
-    let server = apiserver::bind(ServerConfig::new("127.0.0.1:0".parse().expect("addr"), &pki))
-        .await
-        .expect("bind");
+    let server = apiserver::bind(ServerConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        &pki,
+    ))
+    .await
+    .expect("bind");
     let addr = server.local_addr().expect("addr");
     let stop = CancellationToken::new();
     let serving = tokio::spawn(server.run(state, stop.clone()));

@@ -2,6 +2,10 @@
 //! to it, runs a pod worker for each, and writes back what the workers report (status
 //! through `pods/status`, Events) like a kubelet. It only talks to the API, so it could run
 //! on another machine than the server.
+//!
+//! Pods outlive the agent. When it starts again, each pod's worker takes over what runs
+//! (see the worker), and once the first list of pods is in, the state of pods that are
+//! not running any more or that the API no longer knows is removed.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,6 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::planner::{BackoffConfig, Event};
 use crate::runtime::{ProcessRuntime, RuntimeConfig, VolumeSources};
 use crate::worker::{PodHandle, PodSink, WorkerConfig, spawn_pod};
+
+/// Grace of the containers of a pod removed from the API while the agent was away (the
+/// kubelet's minimum grace; the pod's own is gone with it).
+const ORPHAN_GRACE: Duration = Duration::from_secs(2);
 
 /// Why the agent stopped.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +152,8 @@ impl Agent {
         let watch_config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let mut stream = watcher(pods, watch_config).boxed();
         let mut workers: BTreeMap<String, PodHandle> = BTreeMap::new();
+        // Uids of the first list, until it is complete.
+        let mut first_list: Option<HashSet<String>> = Some(HashSet::new());
         let worker_config = WorkerConfig {
             node_name: node.clone(),
             backoff: self.config.backoff,
@@ -154,6 +164,9 @@ impl Agent {
                 event = stream.next() => match event {
                     Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
                         let Some(uid) = pod.metadata.uid.clone() else { continue };
+                        if let Some(seen) = first_list.as_mut() {
+                            seen.insert(uid.clone());
+                        }
                         if let Some(handle) = workers.get(&uid) {
                             if pod.metadata.deletion_timestamp.is_some() {
                                 let grace = pod.metadata.deletion_grace_period_seconds
@@ -164,8 +177,10 @@ impl Agent {
                         }
                         if is_terminal(&pod) {
                             // Finished before this agent started: only remove it if asked.
-                            if pod.metadata.deletion_timestamp.is_some() {
-                                let _ = updates_tx_delete(&self.client, &pod).await;
+                            if pod.metadata.deletion_timestamp.is_some()
+                                && updates_tx_delete(&self.client, &pod).await.is_ok()
+                            {
+                                self.remove_logs(&pod);
                             }
                             continue;
                         }
@@ -189,6 +204,11 @@ impl Agent {
                             && let Some(handle) = workers.get(uid)
                         {
                             handle.delete(Some(0));
+                        }
+                    }
+                    Some(Ok(watcher::Event::InitDone)) => {
+                        if let Some(seen) = first_list.take() {
+                            self.remove_orphans(&seen, &workers);
                         }
                     }
                     Some(Ok(_)) => {}
@@ -230,14 +250,41 @@ impl Agent {
                     if let Err(err) = updates_tx_delete(&self.client, &pod).await {
                         tracing::warn!(%err, "removing a terminated pod");
                     }
-                    let meta = &pod.metadata;
-                    let _ = self.runtime.remove_pod_logs(
-                        meta.namespace.as_deref().unwrap_or_default(),
-                        meta.name.as_deref().unwrap_or_default(),
-                        meta.uid.as_deref().unwrap_or_default(),
-                    );
+                    self.remove_logs(&pod);
                 }
             }
+        }
+    }
+
+    fn remove_logs(&self, pod: &Pod) {
+        let meta = &pod.metadata;
+        let _ = self.runtime.remove_pod_logs(
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default(),
+            meta.uid.as_deref().unwrap_or_default(),
+        );
+    }
+
+    /// Removes what pods without a worker left on disk: pods that finished (their logs
+    /// stay for `kubectl logs`) and pods the API no longer knows (their containers are
+    /// stopped first, and their logs go too).
+    fn remove_orphans(&self, listed: &HashSet<String>, workers: &BTreeMap<String, PodHandle>) {
+        for uid in self.runtime.pods_on_disk() {
+            if workers.contains_key(&uid) {
+                continue;
+            }
+            let known = listed.contains(&uid);
+            let runtime = self.runtime.clone();
+            tokio::spawn(async move {
+                let sandbox = runtime.find_sandbox(&uid);
+                tracing::info!(%uid, known, "removing the state of a pod without a worker");
+                if let Err(err) = runtime.remove_pod_state(&uid, ORPHAN_GRACE).await {
+                    tracing::warn!(%uid, %err, "removing the state of an orphaned pod");
+                }
+                if let Some(sb) = sandbox.filter(|_| !known) {
+                    let _ = runtime.remove_pod_logs(&sb.namespace, &sb.name, &uid);
+                }
+            });
         }
     }
 }

@@ -4,6 +4,11 @@
 //! (each in its own task), and turns what those tasks report back into the
 //! [`Observation`] the planner reads next. A worker never blocks on a runtime call: the
 //! loop keeps planning while containers start, hooks run and stops are in progress.
+//!
+//! A worker that finds the pod's state on disk (the agent was restarted) first takes over
+//! what runs there instead of starting it again; see [`adopt`].
+
+mod adopt;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +32,7 @@ use crate::probe::{self, ProbeKind, ProbeUpdate};
 use crate::runtime::{
     ContainerHandle, ExitInfo, ProcessRuntime, ResolveContext, Sandbox, SandboxSpec, VolumeSources,
 };
+use adopt::Seed;
 
 /// Where a worker sends what others may want to see.
 pub trait PodSink: Send + Sync {
@@ -96,6 +102,7 @@ struct Live {
     handle: ContainerHandle,
     access: Arc<dyn ContainerAccess>,
     probes: CancellationToken,
+    readiness_seed: Seed,
 }
 
 /// A handle to a running pod worker.
@@ -189,6 +196,7 @@ impl Worker {
     }
 
     async fn run(mut self, mut delete: watch::Receiver<Option<u32>>) {
+        self.adopt().await;
         loop {
             let now = Timestamp::now();
             let plan = planner::plan(PlanInput {
@@ -617,26 +625,7 @@ impl Worker {
                     },
                     probes: Default::default(),
                 });
-                let probes = CancellationToken::new();
-                self.live.insert(
-                    name.clone(),
-                    Live {
-                        id: id.clone(),
-                        started: tokio::time::Instant::now()
-                            .checked_sub(
-                                Duration::try_from(
-                                    Timestamp::now().duration_since(started.started_at),
-                                )
-                                .unwrap_or_default(),
-                            )
-                            .unwrap_or_else(tokio::time::Instant::now),
-                        handle: started.handle.clone(),
-                        access: started.access.clone(),
-                        probes,
-                    },
-                );
-                self.sink
-                    .log_file(&self.pod, &name, self.runtime.log_path(&started.handle));
+                self.track(&name, &started.handle, started.access.clone(), Seed::None);
                 for (reason, message) in [
                     ("Created", format!("Created container: {name}")),
                     ("Started", format!("Started container {name}")),
@@ -649,26 +638,138 @@ impl Worker {
                     };
                     self.sink.event(&self.pod, &event);
                 }
-                // Wait for the exit.
-                let runtime = self.runtime.clone();
-                let handle = started.handle.clone();
-                let tx = self.tx.clone();
-                let wait_name = name.clone();
-                let wait_id = id.clone();
-                tokio::spawn(async move {
-                    let exit = runtime.wait(&handle).await;
-                    let _ = tx.send(Report::Exited {
-                        name: wait_name,
-                        id: wait_id,
-                        exit,
-                    });
-                });
                 // With a postStart hook, probing starts once the hook has returned.
                 if !started.has_post_start {
                     self.start_probers(&name, &id, false);
                 }
             }
         }
+    }
+
+    /// Keeps a running instance: its live parts, its log for readers, and a task that
+    /// reports its exit.
+    fn track(
+        &mut self,
+        name: &str,
+        handle: &ContainerHandle,
+        access: Arc<dyn ContainerAccess>,
+        readiness_seed: Seed,
+    ) {
+        let id = container_id(handle);
+        // Probe initial delays count from the process start, on tokio's clock.
+        let age = Timestamp::now().duration_since(handle.started_at());
+        let started = tokio::time::Instant::now()
+            .checked_sub(Duration::try_from(age).unwrap_or_default())
+            .unwrap_or_else(tokio::time::Instant::now);
+        self.live.insert(
+            name.to_string(),
+            Live {
+                id: id.clone(),
+                started,
+                handle: handle.clone(),
+                access,
+                probes: CancellationToken::new(),
+                readiness_seed,
+            },
+        );
+        self.sink
+            .log_file(&self.pod, name, self.runtime.log_path(handle));
+        let runtime = self.runtime.clone();
+        let handle = handle.clone();
+        let tx = self.tx.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let exit = runtime.wait(&handle).await;
+            let _ = tx.send(Report::Exited { name, id, exit });
+        });
+    }
+
+    /// What the runtime found of a container, for [`adopt`].
+    fn found(&self, handle: &ContainerHandle) -> adopt::Found {
+        let uid = self.pod.metadata.uid.as_deref().unwrap_or_default();
+        let previous = handle
+            .attempt()
+            .checked_sub(1)
+            .and_then(|a| self.runtime.recorded_exit(uid, handle.name(), a));
+        adopt::Found {
+            id: container_id(handle),
+            attempt: handle.attempt(),
+            image: handle.spec().image.clone(),
+            started_at: handle.started_at(),
+            exit: handle.exit().cloned().map(Into::into),
+            previous: previous.map(Into::into),
+        }
+    }
+
+    /// Takes over the pod's sandbox and containers if a previous agent left them on disk:
+    /// a running sandbox with everything in it as it is, or, with the sandbox gone, a
+    /// fresh start (§9) or the end of a `Never` pod that already ran.
+    async fn adopt(&mut self) {
+        let Some(uid) = self.pod.metadata.uid.clone() else {
+            return;
+        };
+        let Some(sb) = self.runtime.find_sandbox(&uid) else {
+            return;
+        };
+        let spec = self.pod.spec.as_ref();
+        let names: Vec<String> = spec
+            .into_iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(&s.containers))
+            .map(|c| c.name.clone())
+            .collect();
+        let mut handles = BTreeMap::new();
+        let mut found = BTreeMap::new();
+        for name in names {
+            if let Some(handle) = self.runtime.adopt_newest(&sb, &name).await {
+                found.insert(name.clone(), self.found(&handle));
+                handles.insert(name, handle);
+            }
+        }
+        let now = Timestamp::now();
+        if !sb.is_running() {
+            // Whatever survived the sandbox goes too, as in the kubelet; then the exits
+            // of the old instances are all known.
+            if let Err(err) = self.runtime.stop_sandbox(&sb).await {
+                tracing::warn!(%err, "removing the state of a lost pod sandbox");
+            }
+            for (name, handle) in &handles {
+                let exit = self.runtime.wait(handle).await;
+                if let Some(f) = found.get_mut(name) {
+                    f.exit = Some(exit.into());
+                }
+            }
+            self.obs = adopt::lost_pod(&self.pod, found, now);
+            tracing::info!(
+                pod = ?self.pod.metadata.name,
+                restart = self.obs.termination.is_none(),
+                "the pod's sandbox is gone"
+            );
+            return;
+        }
+        self.obs = adopt::running_pod(&self.pod, found, now);
+        for (name, handle) in handles {
+            if handle.exit().is_some() {
+                continue;
+            }
+            let probes = self
+                .obs
+                .containers
+                .get(&name)
+                .and_then(|o| o.current.as_ref())
+                .map(|i| i.probes)
+                .unwrap_or_default();
+            let seed = if probes.readiness == Some(ProbeResult::Success) {
+                Seed::Fresh
+            } else {
+                Seed::None
+            };
+            let access = self.runtime.access(&sb, &handle);
+            self.track(&name, &handle, access, seed);
+            let started = probes.startup == Some(ProbeResult::Success);
+            self.start_probers(&name, &container_id(&handle), started);
+        }
+        tracing::info!(pod = ?self.pod.metadata.name, "adopted the pod's sandbox and containers");
+        self.sandbox = Some(sb);
     }
 
     /// Starts the probe workers for an instance: the startup probe first, the others once
@@ -722,7 +823,7 @@ impl Worker {
         if let Some(event) = update.event.clone() {
             self.sink.event(&self.pod, &event);
         }
-        let Some(result) = update.result else {
+        let Some(result) = self.through_seed(&update) else {
             return;
         };
         let name = update.container.clone();
@@ -741,6 +842,23 @@ impl Worker {
             let id = update.instance.clone();
             self.start_probers(&name, &id, true);
         }
+    }
+
+    /// The result a probe update stands for, given a carried-over readiness ([`Seed`]).
+    fn through_seed(&mut self, update: &ProbeUpdate) -> Option<ProbeResult> {
+        if update.kind != ProbeKind::Readiness {
+            return update.result;
+        }
+        let Some(live) = self
+            .live
+            .get_mut(&update.container)
+            .filter(|l| l.id == update.instance)
+        else {
+            return update.result;
+        };
+        let (seed, result) = live.readiness_seed.apply(update);
+        live.readiness_seed = seed;
+        result
     }
 }
 

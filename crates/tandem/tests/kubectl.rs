@@ -33,7 +33,10 @@ impl Cluster {
             return None;
         }
         let Some(kubectl) = kubectl_binary() else {
-            assert!(!ci(), "kubectl 1.37 missing: scripts/test.sh installs it into .venv");
+            assert!(
+                !ci(),
+                "kubectl 1.37 missing: scripts/test.sh installs it into .venv"
+            );
             eprintln!("skipping: no kubectl in .venv (run scripts/test.sh)");
             return None;
         };
@@ -54,10 +57,15 @@ impl Cluster {
         };
         let start = Instant::now();
         loop {
-            if cluster.kubeconfig().exists() && cluster.kubectl(&["get", "ns", "default"]).status.success() {
+            if cluster.kubeconfig().exists()
+                && cluster.kubectl(&["get", "ns", "default"]).status.success()
+            {
                 break;
             }
-            assert!(start.elapsed() < Duration::from_secs(30), "tandem up did not come up");
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "tandem up did not come up"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Some(cluster)
@@ -166,8 +174,15 @@ spec:
 fn blog_commands_work_against_tandem_up() {
     let Some(c) = Cluster::start() else { return };
     let out = c.apply(SIDECAR_POD);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pod/web created");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pod/web created"
+    );
 
     c.ok(&["wait", "--for=condition=Ready", "pod/web", "--timeout=30s"]);
     let table = c.ok(&["get", "pods"]);
@@ -210,7 +225,10 @@ fn blog_commands_work_against_tandem_up() {
 
     let describe = c.ok(&["describe", "pod", "web"]);
     for needle in ["Scheduled", "Started", "Successfully assigned default/web"] {
-        assert!(describe.contains(needle), "describe lacks {needle}:\n{describe}");
+        assert!(
+            describe.contains(needle),
+            "describe lacks {needle}:\n{describe}"
+        );
     }
     let events = c.ok(&["get", "events"]);
     assert!(events.contains("pod/web"), "{events}");
@@ -260,7 +278,11 @@ fn exiting_pod_completes_and_watch_shows_it() {
         .lines()
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(rows[0], ["NAME", "READY", "STATUS", "RESTARTS", "AGE"], "{text}");
+    assert_eq!(
+        rows[0],
+        ["NAME", "READY", "STATUS", "RESTARTS", "AGE"],
+        "{text}"
+    );
     assert!(rows.iter().any(|r| r.get(2) == Some(&"Running")), "{text}");
     let last = rows.last().unwrap();
     assert_eq!(&last[..4], ["sleep", "0/2", "Completed", "0"], "{text}");

@@ -18,6 +18,7 @@
 //! container's whole process tree.
 
 mod access;
+mod adopt;
 mod logs;
 mod procfs;
 mod resolve;
