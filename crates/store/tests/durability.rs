@@ -30,7 +30,10 @@ fn main() {
     // Behave enough like libtest for `cargo test` filters and listing.
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--list") {
-        println!("{TEST_NAME}: test");
+        // Test runners list the ignored tests separately (`--list --ignored`): none here.
+        if !args.iter().any(|a| a == "--ignored") {
+            println!("{TEST_NAME}: test");
+        }
         return;
     }
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();

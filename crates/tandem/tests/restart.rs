@@ -186,7 +186,9 @@ impl Drop for Cluster {
 }
 
 /// A container that appends its PID to `<host>/<name>.pids` once, then sleeps; on
-/// SIGTERM it appends its name to `<host>/order` and exits 0.
+/// SIGTERM it appends its name to `<host>/order` and exits 0. It has a readiness probe,
+/// and a sidecar also a startup probe (both pass), so that adoption has probe results
+/// to carry over.
 fn container(name: &str, host: &Path, sidecar: bool) -> serde_json::Value {
     let host = host.display();
     // `$$$$`: Kubernetes turns `$$` into `$` before the shell sees it.
@@ -198,10 +200,12 @@ fn container(name: &str, host: &Path, sidecar: bool) -> serde_json::Value {
         "name": name,
         "image": "busybox",
         "command": ["sh", "-c", script],
-        "volumeMounts": [{"name": "host", "mountPath": host.to_string()}]
+        "volumeMounts": [{"name": "host", "mountPath": host.to_string()}],
+        "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1}
     });
     if sidecar {
         c["restartPolicy"] = json!("Always");
+        c["startupProbe"] = json!({"exec": {"command": ["true"]}, "periodSeconds": 1});
     }
     c
 }
@@ -371,6 +375,13 @@ async fn a_restarted_up_adopts_its_running_pods() {
         assert_eq!(ids(&after), ids(&before), "same containers, no restarts");
         assert_eq!(phase(&after), "Running");
     }
+    // Not even briefly did a container look restarted, unstarted or unready: the
+    // status was never written again (a watch, `kubectl get -w`, sees nothing new).
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "the pod changed after the restart: {:?}",
+        after.status
+    );
     assert!(
         ids(&after)
             .iter()
