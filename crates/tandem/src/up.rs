@@ -141,11 +141,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     ));
     wait_until_listening(listen).await;
     let agent = tokio::spawn(agent.run(shutdown.clone()));
-    let scheduler = tokio::spawn(controllers::scheduler::run(
-        client.clone(),
-        crate::node_name(),
-        shutdown.clone(),
-    ));
+    let controllers = controllers::spawn_all(client.clone(), crate::node_name(), shutdown.clone());
     std::fs::write(data_dir.join("tandem.pid"), std::process::id().to_string())
         .context("writing the pid file")?;
     println!(
@@ -172,7 +168,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     // Pods keep running under their supervisors; the next `tandem up` takes them back.
     shutdown.cancel();
     let _ = agent.await;
-    let _ = scheduler.await;
+    for controller in controllers {
+        let _ = controller.await;
+    }
     let _ = std::fs::remove_file(data_dir.join("tandem.pid"));
     Ok(ExitCode::SUCCESS)
 }
