@@ -502,3 +502,33 @@ fn invalid_manifests_exit_2_before_anything_runs() {
         "errors name the file and position: {err}"
     );
 }
+
+#[test]
+fn timeout_deletes_the_pods_and_leaves_nothing_behind() {
+    if !root_or_skip() {
+        return;
+    }
+    let play = Play::new();
+    let started = Instant::now();
+    let child = play.spawn(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: forever}\nspec:\n  initContainers:\n  - {name: proxy, image: debian:12, restartPolicy: Always, command: [sleep, infinity]}\n  containers:\n  - {name: app, image: debian:12, command: [sleep, infinity]}\n",
+        &["--timeout", "1s"],
+    );
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out after 1s"));
+    let rows = rows(&stdout(&out));
+    assert!(rows.iter().any(|r| r.1 == "Terminating"), "{rows:?}");
+    // No supervisor, container or sandbox of this run is left, nor its state directory.
+    let state = format!("/run/tandem/play-{pid}");
+    assert!(!Path::new(&state).exists(), "{state} left behind");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        assert!(!cmdline.contains(&state), "left running: {cmdline}");
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&state), "mount left behind");
+}
