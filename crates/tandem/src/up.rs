@@ -103,7 +103,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     apiserver::pki::write_private(&kubeconfig_path, kubeconfig.as_bytes())
         .context("writing the kubeconfig")?;
 
-    let store = store::redb::RedbStore::open(&data_dir.join("store.redb"))
+    let store = store::redb::RedbStore::open(data_dir.join("store.redb"))
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
 
     let client = client_from_kubeconfig(&kubeconfig).await?;
@@ -134,11 +134,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .with_config(config);
 
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(apiserver::serve(
-        apiserver::ServerConfig::new(listen, &pki),
-        state,
-        shutdown.clone(),
-    ));
+    // Bind first: a port in use is an error before anything claims to be up.
+    let bound = apiserver::bind(apiserver::ServerConfig::new(listen, &pki))
+        .await
+        .with_context(|| format!("starting the API server on {listen}"))?;
+    let server = tokio::spawn(bound.run(state, shutdown.clone()));
     wait_until_listening(listen).await;
     let agent = tokio::spawn(agent.run(shutdown.clone()));
     let controllers = controllers::spawn_all(client.clone(), crate::node_name(), shutdown.clone());
@@ -155,7 +155,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     tokio::select! {
         _ = sigint.recv() => {}
         _ = sigterm.recv() => {}
-        result = &mut Box::pin(async { server.await }) => {
+        result = server => {
             shutdown.cancel();
             let _ = std::fs::remove_file(data_dir.join("tandem.pid"));
             return match result {
@@ -175,8 +175,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The agent and the scheduler are API clients like any other: start them once the
-/// server accepts connections, so their first requests do not fail.
+/// The agent and the controllers are API clients like any other: start them once the
+/// server answers, so their first requests do not fail.
 async fn wait_until_listening(addr: std::net::SocketAddr) {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {

@@ -516,7 +516,12 @@ fn timeout_deletes_the_pods_and_leaves_nothing_behind() {
     );
     let pid = child.id();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(String::from_utf8_lossy(&out.stderr).contains("timed out after 1s"));
     let rows = rows(&stdout(&out));
