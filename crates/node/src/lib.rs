@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod agent;
+pub mod gofmt;
 pub mod hook;
 pub mod planner;
 pub mod probe;

@@ -39,11 +39,12 @@ use rustix::mount::{MoveMountFlags, OpenTreeFlags, move_mount, open_tree};
 
 use super::logs::{self, Stream};
 use super::procfs::{self, ProcId};
-use super::resolve::{DEFAULT_PATH, MountSpec, go_quote};
+use super::resolve::{DEFAULT_PATH, MountSpec};
 use super::state::{
     self, CONFIG, CONTROL, CREATED_PATHS, ExitRecord, Report, STATUS, ShimConfig, Status,
 };
 use super::sys::{self, Identity};
+use crate::gofmt::go_quote;
 
 /// How long the log pumps may take to drain after the process tree is gone.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
