@@ -514,6 +514,7 @@ struct DeleteOptions {
     grace_period_seconds: Option<i64>,
     precondition_uid: Option<String>,
     precondition_rv: Option<String>,
+    propagation: Option<String>,
 }
 
 fn delete_options(req: &Request) -> ApiResult<DeleteOptions> {
@@ -552,9 +553,10 @@ fn delete_options(req: &Request) -> ApiResult<DeleteOptions> {
     if let Some(p) = req.query_param("propagationPolicy") {
         policy = Some(p);
     }
-    // Accepted; dependents are the garbage collector's business.
-    if let Some(p) = policy
-        && !matches!(p.as_str(), "Orphan" | "Background" | "Foreground")
+    // Orphan and Foreground become finalizers on the owner (see `delete_once`); the
+    // garbage collector acts on them.
+    if let Some(p) = policy.as_deref()
+        && !matches!(p, "Orphan" | "Background" | "Foreground")
     {
         return Err(failure(
             422,
@@ -565,7 +567,18 @@ fn delete_options(req: &Request) -> ApiResult<DeleteOptions> {
             None,
         ));
     }
+    opts.propagation = policy;
     Ok(opts)
+}
+
+/// The finalizer a propagation policy puts on the object being deleted, as the API
+/// server does: the garbage collector orphans or deletes the dependents, then drops it.
+fn propagation_finalizer(policy: Option<&str>) -> Option<&'static str> {
+    match policy {
+        Some("Orphan") => Some("orphan"),
+        Some("Foreground") => Some("foregroundDeletion"),
+        _ => None,
+    }
 }
 
 /// `DELETE` of one object.
@@ -639,6 +652,15 @@ async fn delete_once(state: &AppState, t: &Target, opts: &DeleteOptions) -> ApiR
     }
     let key = t.res.key(ns(t), name);
     let now = state.config.now();
+    if let Some(finalizer) = propagation_finalizer(opts.propagation.as_deref())
+        && !finalizers(&obj).iter().any(|f| f == finalizer)
+    {
+        let meta = meta_mut(&mut obj);
+        let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+        if let Some(list) = list.as_array_mut() {
+            list.push(json!(finalizer));
+        }
+    }
     let is_pod = t.res.group.is_empty() && t.res.kind == "Pod";
     let grace = if is_pod { pod_grace(&obj, opts) } else { 0 };
     let namespace_finalizers = t.res.group.is_empty()

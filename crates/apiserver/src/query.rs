@@ -82,7 +82,12 @@ pub fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Render {
     Json,
-    Table { include: IncludeObject },
+    Table {
+        include: IncludeObject,
+    },
+    /// `PartialObjectMetadata(List)`: only kind, apiVersion and metadata (what metadata
+    /// informers such as kube-runtime's `owns()` ask for).
+    Metadata,
 }
 
 impl Render {
@@ -125,12 +130,17 @@ impl Render {
                         include: include.unwrap_or(IncludeObject::Metadata),
                     });
                 }
-                // PartialObjectMetadata and others are not served: try the next range.
+                Some("PartialObjectMetadata" | "PartialObjectMetadataList")
+                    if g == Some("meta.k8s.io") && matches!(v, Some("v1") | Some("v1beta1")) =>
+                {
+                    return Ok(Render::Metadata);
+                }
+                // Other representations are not served: try the next range.
                 Some(_) => continue,
             }
         }
         Err(not_acceptable(&format!(
-            "only the following media types are accepted: application/json, application/json;as=Table;v=v1;g=meta.k8s.io (got {accept:?})"
+            "only the following media types are accepted: application/json, application/json;as=Table;v=v1;g=meta.k8s.io, application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io (got {accept:?})"
         )))
     }
 }
@@ -205,11 +215,16 @@ mod tests {
             Render::Json
         );
         assert_eq!(Render::negotiate(None, None).expect("ok"), Render::Json);
-        let err = Render::negotiate(
-            Some("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
-            None,
-        )
-        .expect_err("not served");
+        assert_eq!(
+            Render::negotiate(
+                Some("application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"),
+                None,
+            )
+            .expect("metadata informers are served"),
+            Render::Metadata
+        );
+        let err = Render::negotiate(Some("application/json;as=Other;g=example.com;v=v1"), None)
+            .expect_err("not served");
         assert_eq!(err.code(), 406);
     }
 }

@@ -38,6 +38,7 @@ pub fn object_reply(
 ) -> Response {
     match render {
         Render::Json => json_reply(code, &object, warnings),
+        Render::Metadata => json_reply(code, &partial_metadata(&object), warnings),
         Render::Table { include } => {
             let rv = crate::objects::resource_version(&object)
                 .unwrap_or("")
@@ -67,7 +68,26 @@ pub fn list_reply(
             &table(res, &items, include, now, &revision.to_string()),
             &[],
         ),
+        Render::Metadata => json_reply(
+            StatusCode::OK,
+            &serde_json::json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": {"resourceVersion": revision.to_string()},
+                "items": items.iter().map(partial_metadata).collect::<Vec<_>>(),
+            }),
+            &[],
+        ),
     }
+}
+
+/// An object as `PartialObjectMetadata`: its metadata only.
+pub fn partial_metadata(object: &Value) -> Value {
+    serde_json::json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object.get("metadata").cloned().unwrap_or_else(|| serde_json::json!({})),
+    })
 }
 
 /// The Table of `objects` (all of kind `res.kind`), with `metadata.resourceVersion`.

@@ -343,6 +343,7 @@ impl WatchStream {
     fn event(&self, kind: &str, obj: Value) -> Bytes {
         let object = match self.render {
             Render::Json => obj,
+            Render::Metadata => render::partial_metadata(&obj),
             Render::Table { include } => self.table(obj, include),
         };
         line(&json!({"type": kind, "object": object}))
@@ -376,6 +377,13 @@ impl WatchStream {
                     meta["annotations"] = json!({INITIAL_EVENTS_END: "true"});
                 }
                 json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta})
+            }
+            Render::Metadata => {
+                let mut meta = json!({"resourceVersion": rv});
+                if initial_end {
+                    meta["annotations"] = json!({INITIAL_EVENTS_END: "true"});
+                }
+                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
             }
             // Table watchers decode every object as a Table: an empty one carries the
             // revision.

@@ -614,3 +614,46 @@ async fn a_client_that_goes_away_releases_its_watch() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Metadata informers (kube-runtime's `owns()`, garbage collectors) list and watch
+/// `PartialObjectMetadata`: they must see changes like any watcher.
+#[tokio::test]
+async fn metadata_watchers_get_partial_object_metadata_events() {
+    let store = Arc::new(MemoryStore::new());
+    let server = serve(store.clone()).await;
+    put(&*store, "default", "a", json!({}), "Pending").await;
+    let list = get(
+        &server,
+        Some("default"),
+        "",
+        "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1",
+    )
+    .await;
+    let list: Value = serde_json::from_str(&list.text().await).expect("list JSON");
+    assert_eq!(list["kind"], "PartialObjectMetadataList");
+    assert_eq!(list["items"][0]["kind"], "PartialObjectMetadata");
+    assert!(list["items"][0].get("spec").is_none());
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut events = Events::of(
+        get(
+            &server,
+            Some("default"),
+            &format!("watch=true&resourceVersion={rv}"),
+            "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1",
+        )
+        .await,
+    );
+    let a2 = put(&*store, "default", "a", json!({}), "Running").await;
+    let event = events.expect().await;
+    assert_eq!(event["type"], "MODIFIED");
+    assert_eq!(event["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(event["object"]["apiVersion"], "meta.k8s.io/v1");
+    assert_eq!(
+        event["object"]["metadata"]["resourceVersion"],
+        a2.mod_revision.to_string()
+    );
+    assert!(event["object"].get("status").is_none());
+}

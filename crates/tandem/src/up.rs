@@ -207,6 +207,10 @@ pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     let kubeconfig =
         std::fs::read_to_string(data_dir.join("kubeconfig")).context("reading the kubeconfig")?;
     let client = client_from_kubeconfig(&kubeconfig).await?;
+    // Workloads first, so that their controllers do not replace the pods being stopped.
+    delete_all::<k8s_openapi::api::apps::v1::Deployment>(&client).await;
+    delete_all::<k8s_openapi::api::apps::v1::ReplicaSet>(&client).await;
+    delete_all::<k8s_openapi::api::batch::v1::Job>(&client).await;
     let pods: Api<Pod> = Api::all(client.clone());
     let list = pods
         .list(&ListParams::default())
@@ -246,4 +250,27 @@ pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
     }
     println!("tandem is down");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Deletes every object of a namespaced kind, in all namespaces (best effort).
+async fn delete_all<K>(client: &kube::Client)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let all: Api<K> = Api::all(client.clone());
+    let Ok(list) = all.list(&ListParams::default()).await else {
+        return;
+    };
+    for object in list.items {
+        let meta = object.meta();
+        let (Some(ns), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref()) else {
+            continue;
+        };
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        let _ = api.delete(name, &DeleteParams::background()).await;
+    }
 }

@@ -1,0 +1,537 @@
+//! Deployments through the real kubectl against `tandem up`: replicaset and pod names,
+//! `kubectl get deploy` columns, scaling, rolling updates, `rollout status` and
+//! `rollout restart`, and the `sleep` sample. Needs root (pods run in namespaces) and
+//! `.venv/bin/kubectl` (installed by `scripts/test.sh`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn kubectl_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("TANDEM_KUBECTL") {
+        return Some(PathBuf::from(path));
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/kubectl");
+    venv.exists().then_some(venv)
+}
+
+/// A `tandem up` on a free port with its own data dir, stopped (and its pods with it) on drop.
+struct Cluster {
+    dir: tempfile::TempDir,
+    up: Option<Child>,
+    kubectl: PathBuf,
+}
+
+impl Cluster {
+    fn start() -> Option<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(!ci(), "this test needs root (namespaces); CI runs as root");
+            eprintln!("skipping: needs root");
+            return None;
+        }
+        let Some(kubectl) = kubectl_binary() else {
+            assert!(
+                !ci(),
+                "kubectl 1.37 missing: scripts/test.sh installs it into .venv"
+            );
+            eprintln!("skipping: no kubectl in .venv (run scripts/test.sh)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let up = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["up", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tandem up");
+        let cluster = Cluster {
+            dir,
+            up: Some(up),
+            kubectl,
+        };
+        let start = Instant::now();
+        loop {
+            if cluster.kubeconfig().exists()
+                && cluster.kubectl(&["get", "ns", "default"]).status.success()
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "tandem up did not come up"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(cluster)
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("data/kubeconfig")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .env("KUBECACHEDIR", self.dir.path().join("cache"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run kubectl")
+    }
+
+    /// Runs kubectl and returns stdout, failing the test with stderr if it fails.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed ({:?}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `kubectl apply -f -` with the given manifest.
+    fn apply(&self, yaml: &str) -> Output {
+        let file = self.dir.path().join(format!("m{}.yaml", yaml.len()));
+        std::fs::write(&file, yaml).unwrap();
+        self.kubectl(&["apply", "-f", file.to_str().unwrap()])
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // `tandem down` deletes pods through the API and waits for them to be gone; remove
+        // the workloads first so their controllers do not replace the pods meanwhile.
+        let _ = self
+            .command(&["delete", "deploy,rs", "--all", "--wait=false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .args(["down", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .stdout(Stdio::null())
+            .status();
+        if let Some(mut up) = self.up.take() {
+            let _ = up.kill();
+            let _ = up.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kubernetes' alphabet for generated name parts.
+const ALPHABET: &str = "bcdfghjklmnpqrstvwxz2456789";
+
+fn from_alphabet(s: &str) -> bool {
+    s.chars().all(|c| ALPHABET.contains(c))
+}
+
+/// Whether `name` is `<deploy>-<8..10 chars>-<5 chars>` of the alphabet.
+fn is_deployment_pod_name(name: &str, deploy: &str) -> bool {
+    let Some(rest) = name.strip_prefix(&format!("{deploy}-")) else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('-').collect();
+    matches!(parts.as_slice(), [hash, id]
+        if (8..=10).contains(&hash.len()) && from_alphabet(hash)
+            && id.len() == 5 && from_alphabet(id))
+}
+
+/// Pods of `selector` as (name, phase, terminating).
+fn pods(c: &Cluster, selector: &str) -> Vec<(String, String, bool)> {
+    let out = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        selector,
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.metadata.deletionTimestamp}{"\n"}{end}"#,
+    ]);
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next().unwrap_or_default().to_owned();
+            let phase = f.next().unwrap_or_default().to_owned();
+            (name, phase, f.next().is_some())
+        })
+        .collect()
+}
+
+/// Replicaset names of `selector`.
+fn replicasets(c: &Cluster, selector: &str) -> Vec<String> {
+    c.ok(&[
+        "get",
+        "rs",
+        "-l",
+        selector,
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect()
+}
+
+fn until(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<(), String>) {
+    let start = Instant::now();
+    loop {
+        match done() {
+            Ok(()) => return,
+            Err(last) => assert!(
+                start.elapsed() < timeout,
+                "{what}: not reached in {timeout:?}; last: {last}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `kubectl get deploy NAME` row without AGE.
+fn deploy_row(c: &Cluster, name: &str) -> Vec<String> {
+    let out = c.ok(&["get", "deploy", name]);
+    let mut lines = out.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "{out}"
+    );
+    let row: Vec<String> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    row[..row.len().saturating_sub(1)].to_vec()
+}
+
+fn rollout_status(c: &Cluster, name: &str) {
+    let out = c.ok(&[
+        "rollout",
+        "status",
+        &format!("deploy/{name}"),
+        "--timeout=60s",
+    ]);
+    assert!(
+        out.contains(&format!("deployment \"{name}\" successfully rolled out")),
+        "{out}"
+    );
+}
+
+/// Waits until the live (not terminating) pods of `selector` are `count`, all Running and
+/// all from one replicaset, and every other pod is gone; returns their names.
+fn settled(c: &Cluster, selector: &str, count: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    until(
+        &format!("{count} running pods of {selector}"),
+        Duration::from_secs(40),
+        || {
+            let all = pods(c, selector);
+            let running = all
+                .iter()
+                .filter(|(_, phase, gone)| phase == "Running" && !gone)
+                .count();
+            if all.len() == count && running == count {
+                names = all.into_iter().map(|(n, _, _)| n).collect();
+                Ok(())
+            } else {
+                Err(format!("{all:?}"))
+            }
+        },
+    );
+    names
+}
+
+fn rs_of(pod: &str) -> &str {
+    pod.rsplit_once('-').map_or(pod, |(rs, _)| rs)
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      terminationGracePeriodSeconds: 0
+      initContainers:
+      - name: proxy
+        image: debian:12
+        restartPolicy: Always
+        command: [sleep, infinity]
+      containers:
+      - name: app
+        image: debian:12
+        command: [sleep, infinity]
+"#;
+
+#[test]
+fn deployment_pods_are_named_scaled_and_rolled_out() {
+    let Some(c) = Cluster::start() else { return };
+    let out = c.apply(WEB);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rollout_status(&c, "web");
+    let first = settled(&c, "app=web", 3);
+    for name in &first {
+        assert!(is_deployment_pod_name(name, "web"), "pod name {name}");
+    }
+    let rs = replicasets(&c, "app=web");
+    assert_eq!(rs.len(), 1, "{rs:?}");
+    assert!(
+        first.iter().all(|p| rs_of(p) == rs[0]),
+        "{first:?} vs {rs:?}"
+    );
+    // The replicaset carries the hash label its pods have, and the revision.
+    let hash = c.ok(&[
+        "get",
+        "rs",
+        &rs[0],
+        "-o",
+        "jsonpath={.metadata.labels.pod-template-hash}",
+    ]);
+    assert_eq!(rs[0], format!("web-{hash}"));
+    let revision = c.ok(&[
+        "get",
+        "rs",
+        &rs[0],
+        "-o",
+        r"jsonpath={.metadata.annotations.deployment\.kubernetes\.io/revision}",
+    ]);
+    assert_eq!(revision, "1");
+    let owner = c.ok(&["get", "rs", &rs[0], "-o", "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].name}/{.metadata.ownerReferences[0].controller}"]);
+    assert_eq!(owner, "Deployment/web/true");
+    until("READY 3/3", Duration::from_secs(10), || {
+        let row = deploy_row(&c, "web");
+        (row == ["web", "3/3", "3", "3"])
+            .then_some(())
+            .ok_or(format!("{row:?}"))
+    });
+    let events = c.ok(&[
+        "get",
+        "events",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains(&format!(
+            "ScalingReplicaSet: Scaled up replica set {} from 0 to 3",
+            rs[0]
+        )),
+        "{events}"
+    );
+    assert!(
+        events.contains(&format!("SuccessfulCreate: Created pod: {}", first[0])),
+        "{events}"
+    );
+
+    c.ok(&["scale", "deploy/web", "--replicas=1"]);
+    let one = settled(&c, "app=web", 1);
+    assert!(
+        first.contains(&one[0]),
+        "scaling down keeps an existing pod"
+    );
+    until("READY 1/1", Duration::from_secs(10), || {
+        let row = deploy_row(&c, "web");
+        (row == ["web", "1/1", "1", "1"])
+            .then_some(())
+            .ok_or(format!("{row:?}"))
+    });
+    c.ok(&["scale", "deploy/web", "--replicas=3"]);
+    rollout_status(&c, "web");
+    settled(&c, "app=web", 3);
+    until("READY 3/3 again", Duration::from_secs(10), || {
+        let row = deploy_row(&c, "web");
+        (row == ["web", "3/3", "3", "3"])
+            .then_some(())
+            .ok_or(format!("{row:?}"))
+    });
+
+    c.ok(&["set", "image", "deploy/web", "app=debian:bookworm"]);
+    rollout_status(&c, "web");
+    let rolled = settled(&c, "app=web", 3);
+    let all_rs = replicasets(&c, "app=web");
+    assert_eq!(all_rs.len(), 2, "{all_rs:?}");
+    let new_rs = rs_of(&rolled[0]).to_owned();
+    assert_ne!(new_rs, rs[0]);
+    assert!(
+        rolled
+            .iter()
+            .all(|p| rs_of(p) == new_rs && is_deployment_pod_name(p, "web")),
+        "{rolled:?}"
+    );
+    let old_size = c.ok(&[
+        "get",
+        "rs",
+        &rs[0],
+        "-o",
+        "jsonpath={.spec.replicas}/{.status.replicas}",
+    ]);
+    assert_eq!(old_size, "0/0");
+    let deploy_revision = c.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        r"jsonpath={.metadata.annotations.deployment\.kubernetes\.io/revision}",
+    ]);
+    assert_eq!(deploy_revision, "2");
+    let conditions = c.ok(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        r#"jsonpath={range .status.conditions[*]}{.type}={.status}/{.reason} {end}"#,
+    ]);
+    assert!(
+        conditions.contains("Available=True/MinimumReplicasAvailable"),
+        "{conditions}"
+    );
+    assert!(
+        conditions.contains("Progressing=True/NewReplicaSetAvailable"),
+        "{conditions}"
+    );
+
+    // Undo goes back to the first replicaset (no third one), as revision 3.
+    c.ok(&["rollout", "undo", "deploy/web"]);
+    rollout_status(&c, "web");
+    let undone = settled(&c, "app=web", 3);
+    assert!(undone.iter().all(|p| rs_of(p) == rs[0]), "{undone:?}");
+    assert_eq!(replicasets(&c, "app=web").len(), 2);
+    let revision = c.ok(&[
+        "get",
+        "rs",
+        &rs[0],
+        "-o",
+        r"jsonpath={.metadata.annotations.deployment\.kubernetes\.io/revision}",
+    ]);
+    assert_eq!(revision, "3");
+}
+
+#[test]
+fn rollout_restart_replaces_every_pod() {
+    let Some(c) = Cluster::start() else { return };
+    let manifest = WEB.replace("replicas: 3", "replicas: 2");
+    let out = c.apply(&manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rollout_status(&c, "web");
+    let before = settled(&c, "app=web", 2);
+    let out = c.ok(&["rollout", "restart", "deploy/web"]);
+    assert!(out.contains("deployment.apps/web restarted"), "{out}");
+    rollout_status(&c, "web");
+    let after = settled(&c, "app=web", 2);
+    assert!(
+        after.iter().all(|p| !before.contains(p)),
+        "{before:?} -> {after:?}"
+    );
+    assert_ne!(rs_of(&after[0]), rs_of(&before[0]));
+    let restarted = c.ok(&[
+        "get",
+        "rs",
+        rs_of(&after[0]),
+        "-o",
+        r"jsonpath={.spec.template.metadata.annotations.kubectl\.kubernetes\.io/restartedAt}",
+    ]);
+    assert!(
+        !restarted.is_empty(),
+        "the new replicaset has the restart annotation"
+    );
+}
+
+#[test]
+fn recreate_stops_old_pods_before_starting_new_ones() {
+    let Some(c) = Cluster::start() else { return };
+    let manifest = WEB.replace("replicas: 3", "replicas: 2\n  strategy: {type: Recreate}");
+    let out = c.apply(&manifest);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rollout_status(&c, "web");
+    let before = settled(&c, "app=web", 2);
+    c.ok(&["set", "image", "deploy/web", "app=debian:bookworm"]);
+    // Never old and new pods at once.
+    let start = Instant::now();
+    loop {
+        let now = pods(&c, "app=web");
+        let rss: std::collections::BTreeSet<&str> = now.iter().map(|(n, _, _)| rs_of(n)).collect();
+        assert!(rss.len() <= 1, "old and new pods together: {now:?}");
+        if now.len() == 2
+            && now
+                .iter()
+                .all(|(n, phase, gone)| !before.contains(n) && phase == "Running" && !gone)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(40),
+            "recreate did not finish: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rollout_status(&c, "web");
+}
+
+#[test]
+fn sleep_sample_runs_one_pod() {
+    let Some(c) = Cluster::start() else { return };
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/sleep.yaml");
+    let out = c.ok(&["apply", "-f", sample.to_str().unwrap()]);
+    for created in [
+        "serviceaccount/sleep created",
+        "service/sleep created",
+        "deployment.apps/sleep created",
+    ] {
+        assert!(out.contains(created), "{out}");
+    }
+    let names = settled(&c, "app=sleep", 1);
+    assert!(is_deployment_pod_name(&names[0], "sleep"), "{names:?}");
+    let sa = c.ok(&[
+        "get",
+        "pod",
+        &names[0],
+        "-o",
+        "jsonpath={.spec.serviceAccountName}",
+    ]);
+    assert_eq!(sa, "sleep");
+    rollout_status(&c, "sleep");
+}
