@@ -535,3 +535,41 @@ fn sleep_sample_runs_one_pod() {
     assert_eq!(sa, "sleep");
     rollout_status(&c, "sleep");
 }
+
+#[test]
+fn deleting_a_deployment_with_cascade_orphan_keeps_its_pods() {
+    let Some(c) = Cluster::start() else { return };
+    let out = c.apply(WEB);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = settled(&c, "app=web", 3);
+    c.ok(&["delete", "deployment", "web", "--cascade=orphan"]);
+    until("the deployment is gone", Duration::from_secs(20), || {
+        let out = c.kubectl(&["get", "deployment", "web"]);
+        if out.status.success() {
+            Err("still there".into())
+        } else {
+            Ok(())
+        }
+    });
+    // The replicaset lost its owner but stays, and so do its three running pods.
+    std::thread::sleep(Duration::from_secs(2));
+    let rs = replicasets(&c, "app=web");
+    assert_eq!(rs.len(), 1, "{rs:?}");
+    let owners = c.ok(&[
+        "get",
+        "rs",
+        &rs[0],
+        "-o",
+        "jsonpath={.metadata.ownerReferences}",
+    ]);
+    assert_eq!(owners, "", "the replicaset is orphaned");
+    let mut after = settled(&c, "app=web", 3);
+    let mut before = before;
+    before.sort();
+    after.sort();
+    assert_eq!(before, after, "the same pods keep running");
+}

@@ -342,3 +342,36 @@ fn requests_without_the_token_are_unauthorized() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("(Unauthorized)"), "{err}");
 }
+
+#[test]
+fn a_pod_that_fits_no_node_stays_pending_with_failed_scheduling() {
+    let Some(c) = Cluster::start() else { return };
+    let out = c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: picky}\nspec:\n  nodeSelector: {disk: ssd}\n  containers:\n  - {name: app, image: debian:12, command: [sleep, infinity]}\n",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_for(
+        "picky",
+        "{.status.conditions[?(@.type==\"PodScheduled\")].reason}",
+        "Unschedulable",
+    );
+    let row = c.ok(&["get", "pod", "picky", "--no-headers"]);
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[..3], ["picky", "0/1", "Pending"], "{row}");
+    let describe = c.ok(&["describe", "pod", "picky"]);
+    assert!(describe.contains("FailedScheduling"), "{describe}");
+    assert!(
+        describe.contains("didn't match Pod's node affinity/selector"),
+        "{describe}"
+    );
+    // A pod whose selector matches the node's labels is bound and runs.
+    let out = c.apply(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: linux}\nspec:\n  nodeSelector: {kubernetes.io/os: linux}\n  containers:\n  - {name: app, image: debian:12, command: [sleep, infinity]}\n",
+    );
+    assert!(out.status.success());
+    c.wait_for("linux", "{.status.phase}", "Running");
+}
