@@ -24,7 +24,7 @@ pub struct UpArgs {
     #[arg(long, default_value = "127.0.0.1:6443")]
     pub listen: std::net::SocketAddr,
     /// A kind cluster config (`kind: Cluster`, `apiVersion: kind.x-k8s.io/v1alpha4`);
-    /// `featureGates` and the API server address apply.
+    /// `featureGates` and the API server address apply. `-` reads standard input.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// CrashLoopBackOff initial delay (Kubernetes: 10s). For experiments and tests.
@@ -77,8 +77,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let mut gates = api::validation::FeatureGates::default();
     let mut cluster_name = "tandem".to_string();
     if let Some(file) = &args.config {
-        let text = std::fs::read_to_string(file)
-            .with_context(|| format!("{}: cannot read", file.display()))?;
+        // `-` reads standard input, as `kind create cluster --config=-` does.
+        let text = if file.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading the cluster config from standard input")?;
+            text
+        } else {
+            std::fs::read_to_string(file)
+                .with_context(|| format!("{}: cannot read", file.display()))?
+        };
         let config =
             crate::config::parse(&file.display().to_string(), &text).map_err(anyhow::Error::msg)?;
         for ignored in &config.ignored {
