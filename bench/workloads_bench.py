@@ -74,11 +74,15 @@ class Api:
 
 def cpu_seconds(pid):
     """(utime+stime, cutime+cstime) of a live process, in seconds."""
+    u, s, cu, cs = cpu_detail(pid)
+    return u + s, cu + cs
+
+
+def cpu_detail(pid):
+    """(utime, stime, cutime, cstime) of a live process, in seconds."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    own = (int(fields[11]) + int(fields[12])) / TICKS
-    children = (int(fields[13]) + int(fields[14])) / TICKS
-    return own, children
+    return tuple(int(x) / TICKS for x in fields[11:15])
 
 
 def machine_busy():
@@ -114,6 +118,7 @@ class PodWatch:
         self.api = api
         self.selector = selector
         self.seen = {}
+        self.failures = []
         self.lock = threading.Lock()
         self.stop = False
         conn = api.conn()
@@ -151,6 +156,10 @@ class PodWatch:
                     rec.setdefault("running", now)
                 if status.get("phase") == "Succeeded":
                     rec.setdefault("succeeded", now)
+                if status.get("phase") == "Failed" and "failed" not in rec:
+                    rec["failed"] = now
+                    deleting = "deleting" if obj["metadata"].get("deletionTimestamp") else "not deleted"
+                    self.failures.append((name, now, f"{deleting}; {failure_reason(status)}"))
                 for c in status.get("conditions") or []:
                     if c.get("type") == "Ready" and c.get("status") == "True":
                         rec.setdefault("ready", now)
@@ -162,6 +171,17 @@ class PodWatch:
     def reset(self):
         with self.lock:
             self.seen.clear()
+
+
+def failure_reason(status):
+    """A Failed pod's reason, message and its containers' terminated states, briefly."""
+    parts = [f"{status.get('reason', '')} {status.get('message', '')}".strip()]
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for c in status.get(key) or []:
+            t = (c.get("state") or {}).get("terminated")
+            if t:
+                parts.append(f"{c['name']}: exit {t.get('exitCode')} {t.get('reason', '')} {t.get('message', '')}".strip())
+    return "; ".join(p for p in parts if p)
 
 
 def quantiles(values):
@@ -253,7 +273,11 @@ def bench_deployment(api, up_pid, replicas, runs, timeout):
                   f"({count_pods(api, conn, selector)} pods left)", flush=True)
             return False
         downs.append(took)
-        print(f"    scale {replicas} -> 0, all pods gone: {took:.2f} s", flush=True)
+        time.sleep(0.3)
+        gone_at = sorted(r["gone"] - start for r in watch.snapshot().values() if "gone" in r)
+        spread = (f"; pods' DELETED events from {gone_at[0]:.2f} s (median {statistics.median(gone_at):.2f} s) "
+                  f"to {gone_at[-1]:.2f} s") if gone_at else ""
+        print(f"    scale {replicas} -> 0, all pods gone: {took:.2f} s{spread}", flush=True)
     watch.stop = True
     print()
     summary(f"(1) Deployment 0 -> {replicas} replicas, until readyReplicas == {replicas}", ups, "s")
@@ -280,6 +304,7 @@ def bench_job(api, up_pid, runs, timeout, completions=100, parallelism=10, secon
             },
         }
         watch = PodWatch(api, selector)
+        detail0 = cpu_detail(up_pid)
         (cpu0, child0), machine0 = cpu_seconds(up_pid), machine_busy()
         start = time.monotonic()
         api.request(conn, "POST", f"/apis/batch/v1/namespaces/{NS}/jobs", job)
@@ -299,6 +324,7 @@ def bench_job(api, up_pid, runs, timeout, completions=100, parallelism=10, secon
         ok = wait_for(complete, timeout)
         took = time.monotonic() - start
         cpu1, child1 = cpu_seconds(up_pid)
+        detail = [b - a for a, b in zip(detail0, cpu_detail(up_pid))]
         mbusy = machine_busy() - machine0
         if not ok:
             print(f"  run {run + 1}: TIMEOUT after {took:.1f} s, last status {last}", flush=True)
@@ -321,6 +347,10 @@ def bench_job(api, up_pid, runs, timeout, completions=100, parallelism=10, secon
               f"bound->Running {quantiles([r['running'] - r['bound'] for r in snap.values() if 'bound' in r and 'running' in r])}; "
               f"seen->Succeeded {quantiles([r['succeeded'] - r['added'] for r in succ])} (includes the 0.5 s sleep)",
               flush=True)
+        print(f"    tandem up user {detail[0]:.2f} s, sys {detail[1]:.2f} s; reaped children user "
+              f"{detail[2]:.2f} s, sys {detail[3]:.2f} s", flush=True)
+        for pod, at, why in watch.failures[:5]:
+            print(f"    FAILED pod {pod} at {at - start:.2f} s: {why}", flush=True)
         # The controller's reaction: a pod's Succeeded -> the next pod's first sighting.
         done = sorted(r["succeeded"] for r in succ)
         added = sorted(r["added"] for r in snap.values())
@@ -355,7 +385,7 @@ def stop(tandem, up, data):
             up.wait()
     print(f"tandem up exited with {up.returncode}", flush=True)
     down = subprocess.run([tandem, "down", "--data-dir", data], capture_output=True, text=True, timeout=300)
-    print(f"tandem down: exit {down.returncode} {down.stderr.strip()[:200]}", flush=True)
+    print(f"tandem down (after up's own exit): exit {down.returncode} {down.stderr.strip()[:200]}", flush=True)
     left = leftovers(data)
     if left:
         print(f"leftover processes after down: {left}; killing them", flush=True)
@@ -384,7 +414,7 @@ def main():
         sys.exit("run as root: tandem up runs a node")
     tandem = os.path.abspath(args.tandem)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {os.cpu_count()} cores, "
-          f"{platform.release()}; tandem = {args.tandem}", flush=True)
+          f"{platform.release()}; tandem = {args.tandem}; loadavg {open('/proc/loadavg').read().split()[:3]}", flush=True)
     tmp = tempfile.mkdtemp(prefix="tandem-wl-")
     data = os.path.join(tmp, "data")
     port = free_port()

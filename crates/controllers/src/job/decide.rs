@@ -574,7 +574,14 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp) -> Decision {
         } else {
             0
         };
-    let diff = want - counted_active;
+    // Only more pods than `parallelism` are excess (a lowered parallelism): pods already
+    // running when fewer completions remain are left to finish, as Kubernetes does.
+    let excess_count = counted_active - parallelism;
+    let diff = if excess_count > 0 {
+        -excess_count
+    } else {
+        (want - counted_active).max(0)
+    };
     if diff < 0 {
         // Excess: not-ready and not-running pods first, then the newest.
         let mut order = keep.clone();

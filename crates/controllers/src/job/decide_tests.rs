@@ -370,3 +370,19 @@ fn ready_counts_active_pods_with_the_ready_condition() {
     assert_eq!(d.status.active, Some(2));
     assert!(d.create.is_empty());
 }
+
+#[test]
+fn running_pods_are_left_to_finish_when_fewer_completions_remain() {
+    // 100 completions, 10 in parallel: 93 done and 10 still running. Only 7 are needed,
+    // but the 3 extra running pods are not killed (that would fail them); none are added.
+    let mut pods: Vec<Pod> = (0..93)
+        .map(|i| pod(&format!("done-{i}"), "Succeeded"))
+        .collect();
+    pods.extend((0..10).map(|i| pod(&format!("run-{i}"), "Running")));
+    let d = decide(&job(Some(100), 10), &pods, t(10));
+    assert!(d.delete.is_empty(), "{:?}", d.delete);
+    assert!(d.create.is_empty(), "{:?}", d.create);
+    // Lowering parallelism does make running pods excess.
+    let d = decide(&job(Some(100), 4), &pods, t(10));
+    assert_eq!(d.delete.len(), 6);
+}
