@@ -21,6 +21,7 @@ pub async fn run(client: kube::Client, node: String, shutdown: CancellationToken
     let pods: Api<Pod> = Api::all(client.clone());
     let config = watcher::Config::default().fields("spec.nodeName=");
     let mut stream = watcher(pods, config).boxed();
+    let in_flight = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
     loop {
         let event = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -31,15 +32,24 @@ pub async fn run(client: kube::Client, node: String, shutdown: CancellationToken
                 if pod.metadata.deletion_timestamp.is_some() || has_node(&pod) {
                     continue;
                 }
-                let labels = node_labels(&client, &node).await;
-                let result = if fits(&pod, &labels) {
-                    bind(&client, &pod, &node).await
-                } else {
-                    unschedulable(&client, &pod).await
+                // Pods are bound concurrently (a burst of 200 must not queue behind one
+                // another); a second binding of the same pod gets a harmless conflict.
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
                 };
-                if let Err(err) = result {
-                    tracing::warn!(pod = ?pod.metadata.name, %err, "scheduling pod");
-                }
+                let (client, node) = (client.clone(), node.clone());
+                tokio::spawn(async move {
+                    let labels = node_labels(&client, &node).await;
+                    let result = if fits(&pod, &labels) {
+                        bind(&client, &pod, &node).await
+                    } else {
+                        unschedulable(&client, &pod).await
+                    };
+                    if let Err(err) = result {
+                        tracing::warn!(pod = ?pod.metadata.name, %err, "scheduling pod");
+                    }
+                    drop(permit);
+                });
             }
             Some(Ok(_)) => {}
             Some(Err(err)) => {
