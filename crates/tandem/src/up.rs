@@ -238,14 +238,33 @@ pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or(30);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(longest.max(0) as u64 + 15);
     loop {
-        let left = pods
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items.len());
-        if matches!(left, Ok(0)) || tokio::time::Instant::now() > deadline {
+        let Ok(left) = pods.list(&ListParams::default()).await else {
+            break;
+        };
+        if left.items.is_empty() || tokio::time::Instant::now() > deadline {
             break;
         }
+        // A controller may have started a pod after the first round (before its owner was
+        // gone): delete whatever is not terminating yet, or it would outlive the server.
+        for pod in left
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+        {
+            let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+            let name = pod.metadata.name.as_deref().unwrap_or_default();
+            let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+            let _ = api.delete(name, &DeleteParams::default()).await;
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Pods can leave the API before the node has finished with them (grace 0, force
+    // delete): wait until the agent has stopped every sandbox, or they would outlive it.
+    let pods_dir = data_dir.join("run/pods");
+    while tokio::time::Instant::now() < deadline
+        && std::fs::read_dir(&pods_dir).is_ok_and(|mut d| d.next().is_some())
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let pid = nix::unistd::Pid::from_raw(pid);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
