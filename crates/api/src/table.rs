@@ -216,6 +216,7 @@ pub fn table_for(kind: &str, objects: &[Value], now: Timestamp, include: Include
         "Secret" => kinds::secret(objects, now),
         "Node" => kinds::node(objects, now),
         "Endpoints" => kinds::endpoints(objects, now),
+        "EndpointSlice" => kinds::endpoint_slice(objects, now),
         _ => kinds::generic(objects),
     };
     for (row, object) in rows.iter_mut().zip(objects) {

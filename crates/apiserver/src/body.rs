@@ -4,6 +4,7 @@
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Endpoints, Event, Namespace, Node, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -113,6 +114,7 @@ pub fn unknown_fields(res: &ResourceInfo, value: &Value) -> ApiResult<Vec<String
         ("apps", "Deployment") => round_trip::<Deployment>(res, value)?,
         ("apps", "ReplicaSet") => round_trip::<ReplicaSet>(res, value)?,
         ("batch", "Job") => round_trip::<Job>(res, value)?,
+        ("discovery.k8s.io", "EndpointSlice") => round_trip::<EndpointSlice>(res, value)?,
         _ => return Ok(Vec::new()),
     };
     let mut out = Vec::new();

@@ -16,6 +16,7 @@ use store::{KeyValue, StoreError};
 
 use crate::admission::{self, Operation};
 use crate::body::{FieldValidation, check_fields, check_type, parse_object};
+use crate::ipalloc;
 use crate::objects::{
     self, bump_generation, decorate, finalizers, from_kv, is_deleting, meta_mut, prepare_create,
     prepare_update, to_stored, with_status,
@@ -26,7 +27,7 @@ use crate::resources::{ResourceInfo, lookup};
 use crate::state::AppState;
 use crate::status::{
     ApiError, ApiResult, already_exists, bad_request, conflict, conflict_with, failure, forbidden,
-    internal, namespace_not_found, not_found, unsupported_media_type,
+    internal, invalid, namespace_not_found, not_found, unsupported_media_type,
 };
 
 /// How often a write is retried when a concurrent write got there first.
@@ -236,6 +237,16 @@ pub async fn create(state: &AppState, t: &Target, req: &Request) -> ApiResult<Re
         None => None,
     };
 
+    // Services get their ClusterIP while holding the allocation lock until stored.
+    let is_service = t.res.group.is_empty() && t.res.kind == "Service";
+    let _allocating = if is_service {
+        let guard = state.service_ips.clone().lock_owned().await;
+        assign_cluster_ip(state, t.res, &mut value).await?;
+        Some(guard)
+    } else {
+        None
+    };
+
     // A generated name may collide; Kubernetes retries with a fresh suffix.
     for attempt in 0..RETRIES {
         let mut object = value.clone();
@@ -430,6 +441,12 @@ async fn commit(
         _ => {
             let mut new = new;
             prepare_update(t.res, &mut new, &old);
+            if t.res.group.is_empty() && t.res.kind == "Service" {
+                ipalloc::keep_on_update(&mut new, &old);
+                if let Some((value, why)) = ipalloc::changed_on_update(&new, &old) {
+                    return Err(cluster_ip_error(t.res, &new, value, &why));
+                }
+            }
             let namespace_obj = match ns(t) {
                 Some(n) => namespace_object(state, n).await?,
                 None => None,
@@ -1040,4 +1057,66 @@ pub async fn seed_namespaces(state: &AppState) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+/// Chooses the ClusterIP of a Service being created (the caller holds the lock).
+async fn assign_cluster_ip(
+    state: &AppState,
+    res: &ResourceInfo,
+    service: &mut Value,
+) -> ApiResult<()> {
+    let request = ipalloc::request_of(service);
+    if request == ipalloc::Request::None {
+        if service.get("spec").is_some() {
+            ipalloc::record(service, None);
+        }
+        return Ok(());
+    }
+    let (stored, _) = state.store.list(&res.prefix(None)).await?;
+    let objects: Vec<Value> = stored
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
+        .collect();
+    let used = ipalloc::used_addresses(objects.iter());
+    let seed = rand_seed();
+    match ipalloc::allocate(&state.config.service_cidr, &request, &used, seed) {
+        Ok(ip) => {
+            if service.get("spec").is_none()
+                && let Some(obj) = service.as_object_mut()
+            {
+                obj.insert("spec".to_owned(), json!({}));
+            }
+            ipalloc::record(service, ip);
+            Ok(())
+        }
+        Err(e) => {
+            let value = match &request {
+                ipalloc::Request::Specific(ip) => ip.clone(),
+                _ => String::new(),
+            };
+            Err(cluster_ip_error(res, service, value, &e.to_string()))
+        }
+    }
+}
+
+/// A 422 on `spec.clusterIPs[0]`.
+fn cluster_ip_error(res: &ResourceInfo, service: &Value, value: String, why: &str) -> ApiError {
+    let path = api::validation::FieldPath::new("spec")
+        .child("clusterIPs")
+        .index(0);
+    let err = api::validation::ValidationError::new(
+        &res.qualified_kind(),
+        objects::name(service).unwrap_or(""),
+        vec![api::validation::FieldError::invalid(&path, value, why)],
+    );
+    invalid(res, &err)
+}
+
+/// A cheap per-call seed that spreads dynamic addresses over the range.
+fn rand_seed() -> u32 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    nanos.wrapping_mul(2_654_435_761)
 }

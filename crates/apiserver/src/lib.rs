@@ -10,6 +10,7 @@ pub mod admission;
 pub mod body;
 pub mod crud;
 pub mod discovery;
+pub mod ipalloc;
 pub mod logs;
 pub mod objects;
 pub mod pki;

@@ -100,10 +100,11 @@ pub const API_VERSIONS: &[(&str, &str, &str)] = &[
     ("", "v1", "v1"),
     ("apps", "v1", "apps/v1"),
     ("batch", "v1", "batch/v1"),
+    ("discovery.k8s.io", "v1", "discovery.k8s.io/v1"),
 ];
 
 /// The groups served under `/apis` (the core group is under `/api`).
-pub const GROUPS: &[&str] = &["apps", "batch"];
+pub const GROUPS: &[&str] = &["apps", "batch", "discovery.k8s.io"];
 
 const VERBS: &[&str] = &[
     "create",
@@ -327,6 +328,19 @@ pub static RESOURCES: &[ResourceInfo] = &[
         categories: &["all"],
         list_kind: "JobList",
         subresources: &[status("Job")],
+        verbs: VERBS,
+    },
+    ResourceInfo {
+        group: "discovery.k8s.io",
+        version: "v1",
+        kind: "EndpointSlice",
+        plural: "endpointslices",
+        singular: "endpointslice",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        list_kind: "EndpointSliceList",
+        subresources: &[],
         verbs: VERBS,
     },
 ];

@@ -1,6 +1,7 @@
 //! The state every handler shares: the store, the log source, the admission
 //! plugins and the server configuration.
 
+use crate::ipalloc::Cidr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,8 @@ pub struct ApiConfig {
     /// How often an idle watch with `allowWatchBookmarks=true` gets a BOOKMARK.
     pub bookmark_interval: Duration,
     pub clock: Clock,
+    /// Where Services get their ClusterIPs from.
+    pub service_cidr: Cidr,
 }
 
 impl ApiConfig {
@@ -70,6 +73,10 @@ impl Default for ApiConfig {
             // Kubernetes sends bookmarks about once a minute.
             bookmark_interval: Duration::from_secs(60),
             clock: Arc::new(Timestamp::now),
+            service_cidr: Cidr {
+                base: std::net::Ipv4Addr::new(10, 96, 0, 0),
+                prefix: 16,
+            },
         }
     }
 }
@@ -80,6 +87,7 @@ impl std::fmt::Debug for ApiConfig {
             .field("feature_gates", &self.feature_gates)
             .field("server_address", &self.server_address)
             .field("bookmark_interval", &self.bookmark_interval)
+            .field("service_cidr", &self.service_cidr)
             .finish_non_exhaustive()
     }
 }
@@ -92,6 +100,8 @@ pub struct AppState {
     /// Mutating plugins, run in order after defaulting and before validation.
     pub admission: Arc<Vec<Arc<dyn MutatingAdmission>>>,
     pub config: Arc<ApiConfig>,
+    /// Held from choosing a ClusterIP until the Service is stored.
+    pub service_ips: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {
@@ -102,6 +112,7 @@ impl AppState {
             logs: Arc::new(NoLogs),
             admission: Arc::new(Vec::new()),
             config: Arc::new(ApiConfig::default()),
+            service_ips: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
 

@@ -779,7 +779,7 @@ async fn discovery_shapes() {
         .iter()
         .filter_map(|g| g["metadata"]["name"].as_str())
         .collect();
-    assert_eq!(names, ["apps", "batch"]);
+    assert_eq!(names, ["apps", "batch", "discovery.k8s.io"]);
 
     // Legacy discovery for clients that do not ask for the aggregated form.
     let (_, ct, legacy) = raw(&h.state, Method::GET, "/api", &[], None).await;

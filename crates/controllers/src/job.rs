@@ -115,6 +115,15 @@ async fn reconcile(cached: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .collect();
 
     let decision = decide::decide(&job, &pods, now);
+    tracing::debug!(
+        job = name,
+        pods = pods.len(),
+        active = decision.status.active,
+        succeeded = decision.status.succeeded,
+        create = decision.create.len(),
+        delete = ?decision.delete,
+        "job sync"
+    );
 
     for pod in &decision.delete {
         match pods_api.delete(pod, &DeleteParams::default()).await {

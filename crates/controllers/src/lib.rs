@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod deployment;
+pub mod endpoints;
 pub mod gc;
 pub mod job;
 pub mod namespace;
@@ -25,6 +26,7 @@ pub fn spawn_all(
         tokio::spawn(replicaset::run(client.clone(), shutdown.clone())),
         tokio::spawn(job::run(client.clone(), shutdown.clone())),
         tokio::spawn(namespace::run(client.clone(), shutdown.clone())),
+        tokio::spawn(endpoints::run(client.clone(), shutdown.clone())),
         tokio::spawn(gc::run(client, shutdown)),
     ]
 }

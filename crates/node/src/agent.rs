@@ -152,6 +152,11 @@ impl Agent {
         let watch_config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let mut stream = watcher(pods, watch_config).boxed();
         let mut workers: BTreeMap<String, PodHandle> = BTreeMap::new();
+        // Pods whose worker has finished, until the API forgets them: a watch event that
+        // lags behind the final status must not start such a pod again.
+        let mut finished: HashSet<String> = HashSet::new();
+        // Uids of the current (re)list, to forget finished pods deleted during a watch gap.
+        let mut listing: Option<HashSet<String>> = None;
         // Uids of the first list, until it is complete.
         let mut first_list: Option<HashSet<String>> = Some(HashSet::new());
         let worker_config = WorkerConfig {
@@ -167,11 +172,23 @@ impl Agent {
                         if let Some(seen) = first_list.as_mut() {
                             seen.insert(uid.clone());
                         }
+                        if let Some(seen) = listing.as_mut() {
+                            seen.insert(uid.clone());
+                        }
                         if let Some(handle) = workers.get(&uid) {
                             if pod.metadata.deletion_timestamp.is_some() {
                                 let grace = pod.metadata.deletion_grace_period_seconds
                                     .and_then(|g| u32::try_from(g).ok());
                                 handle.delete(grace);
+                            }
+                            continue;
+                        }
+                        if finished.contains(&uid) {
+                            if is_terminal(&pod)
+                                && pod.metadata.deletion_timestamp.is_some()
+                                && updates_tx_delete(&self.client, &pod).await.is_ok()
+                            {
+                                self.remove_logs(&pod);
                             }
                             continue;
                         }
@@ -200,18 +217,22 @@ impl Agent {
                     }
                     Some(Ok(watcher::Event::Delete(pod))) => {
                         // Removed from the API (force delete): stop it now.
-                        if let Some(uid) = pod.metadata.uid.as_deref()
-                            && let Some(handle) = workers.get(uid)
-                        {
-                            handle.delete(Some(0));
+                        if let Some(uid) = pod.metadata.uid.as_deref() {
+                            finished.remove(uid);
+                            if let Some(handle) = workers.get(uid) {
+                                handle.delete(Some(0));
+                            }
                         }
                     }
+                    Some(Ok(watcher::Event::Init)) => listing = Some(HashSet::new()),
                     Some(Ok(watcher::Event::InitDone)) => {
+                        if let Some(seen) = listing.take() {
+                            finished.retain(|uid| seen.contains(uid));
+                        }
                         if let Some(seen) = first_list.take() {
                             self.remove_orphans(&seen, &workers);
                         }
                     }
-                    Some(Ok(_)) => {}
                     Some(Err(err)) => {
                         tracing::warn!(%err, "watching pods; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -219,6 +240,11 @@ impl Agent {
                     None => break,
                 },
                 Some(update) = updates.recv() => {
+                    if let Update::Finished(pod) = &update
+                        && let Some(uid) = pod.metadata.uid.clone()
+                    {
+                        finished.insert(uid);
+                    }
                     self.write(update, &mut workers).await;
                 }
             }

@@ -29,6 +29,8 @@ enum Command {
     Up(up::UpArgs),
     /// Delete every pod gracefully, then stop the cluster started by `tandem up`.
     Down(up::DownArgs),
+    /// A small httpbin-compatible HTTP server (image `tandem/httpbin`) for examples and tests.
+    Httpbin(httpbin::HttpbinArgs),
     /// Internal: the per-pod namespace holder.
     #[command(hide = true)]
     Sandbox {
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
         Command::Play(args) => run_async(play::run(args)),
         Command::Up(args) => run_async(up::run(args)),
         Command::Down(args) => run_async(up::down(args)),
+        Command::Httpbin(args) => run_async(httpbin::run(args)),
     }
 }
 

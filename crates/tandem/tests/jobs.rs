@@ -216,6 +216,72 @@ fn a_job_with_a_sidecar_completes_when_its_main_container_succeeds() {
 }
 
 #[test]
+fn a_parallel_job_runs_each_pod_once_and_kills_none() {
+    // A finished pod must never be started again by a watch event that lags behind its
+    // final status, and the controller must never see more pods than it asked for.
+    let Some(c) = Cluster::start() else { return };
+    c.apply(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: many
+spec:
+  completions: 24
+  parallelism: 8
+  template:
+    spec:
+      restartPolicy: Never
+      initContainers:
+      - name: proxy
+        image: debian:12
+        command: ["sleep", "infinity"]
+        restartPolicy: Always
+      containers:
+      - name: app
+        image: debian:12
+        command: ["sh", "-c", "sleep 0.3"]
+"#,
+    );
+    c.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/many",
+        "--timeout=90s",
+    ]);
+    let status = c.ok(&[
+        "get",
+        "job",
+        "many",
+        "-o",
+        "jsonpath={.status.succeeded}/{.status.failed}",
+    ]);
+    assert_eq!(status, "24/0");
+    let pods = c.pods("default", "batch.kubernetes.io/job-name=many");
+    assert_eq!(pods.len(), 24, "exactly one pod per completion: {pods:?}");
+    let phases = c.ok(&[
+        "get",
+        "pods",
+        "-l",
+        "batch.kubernetes.io/job-name=many",
+        "-o",
+        "jsonpath={range .items[*]}{.status.phase} {.status.containerStatuses[0].restartCount}{\"\\n\"}{end}",
+    ]);
+    for line in phases.lines() {
+        assert_eq!(line, "Succeeded 0", "{phases}");
+    }
+    let events = c.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=many",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+    ]);
+    assert!(!events.contains("SuccessfulDelete"), "{events}");
+}
+
+#[test]
 fn a_failing_job_stops_at_its_backoff_limit() {
     let Some(c) = Cluster::start() else { return };
     c.apply(

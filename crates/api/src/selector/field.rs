@@ -288,7 +288,7 @@ fn unsupported_message(kind: &str, field: &str) -> String {
         "Pod" | "Event" | "Secret" | "Namespace" | "Node" => {
             format!("field label not supported: {field}")
         }
-        "Service" | "ServiceAccount" | "ConfigMap" | "Endpoints" => format!(
+        "Service" | "ServiceAccount" | "ConfigMap" | "Endpoints" | "EndpointSlice" => format!(
             "field label {} not supported for {}",
             go_quote(field),
             go_quote(kind)

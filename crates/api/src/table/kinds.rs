@@ -855,3 +855,71 @@ pub(super) fn generic(objects: &[Value]) -> (Vec<TableColumnDefinition>, Vec<Tab
         .collect();
     (columns, rows)
 }
+
+pub(super) fn endpoint_slice(
+    objects: &[Value],
+    now: Timestamp,
+) -> (Vec<TableColumnDefinition>, Vec<TableRow>) {
+    let columns = vec![
+        name_col(),
+        col(
+            "AddressType",
+            "string",
+            "",
+            0,
+            "Type of address carried by this EndpointSlice.",
+        ),
+        col("Ports", "string", "", 0, "Ports served by this slice."),
+        col(
+            "Endpoints",
+            "string",
+            "",
+            0,
+            "Addresses of the endpoints in this slice.",
+        ),
+        age_col(),
+    ];
+    let rows = objects
+        .iter()
+        .map(|o| {
+            row(vec![
+                name(o),
+                Value::from(text(o, &["addressType"])),
+                Value::from(slice_ports(o)),
+                Value::from(slice_addresses(o)),
+                age_cell(o, now),
+            ])
+        })
+        .collect();
+    (columns, rows)
+}
+
+/// Up to three entries joined by commas, then `+ N more...`; `<unset>` when empty.
+fn first_three(list: &[String]) -> String {
+    const MAX: usize = 3;
+    match list.len() {
+        0 => "<unset>".to_owned(),
+        n if n > MAX => format!("{} + {} more...", list[..MAX].join(","), n - MAX),
+        _ => list.join(","),
+    }
+}
+
+fn slice_ports(o: &Value) -> String {
+    let ports: Vec<String> = items(o, &["ports"])
+        .iter()
+        .map(|p| match p.get("port").and_then(Value::as_i64) {
+            Some(n) => n.to_string(),
+            None => "<unset>".to_owned(),
+        })
+        .collect();
+    first_three(&ports)
+}
+
+fn slice_addresses(o: &Value) -> String {
+    let addresses: Vec<String> = items(o, &["endpoints"])
+        .iter()
+        .flat_map(|e| items(e, &["addresses"]))
+        .filter_map(|a| a.as_str().map(str::to_owned))
+        .collect();
+    first_three(&addresses)
+}
