@@ -6,15 +6,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Programs the example pods and the root tests run inside containers (host image mode).
+# Programs the example pods and the root tests run inside containers (host image mode),
+# and the ones pod networking and traffic capture drive: nft (the service proxy), ip,
+# iptables-restore/iptables-save (istio-init), unshare/nsenter (tests run each cluster in
+# a private network namespace).
 missing=()
-for tool in curl python3 sh sleep; do
+for tool in curl python3 sh sleep nft ip iptables-restore iptables-save unshare nsenter; do
     command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl python3 coreutils >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            curl python3 coreutils nftables iptables iproute2 util-linux >/dev/null
     else
         echo "missing programs: ${missing[*]} (install them, or run as root on Debian)" >&2
         exit 1

@@ -1073,8 +1073,14 @@ async fn assign_cluster_ip(
         return Ok(());
     }
     let (stored, _) = state.store.list(&res.prefix(None)).await?;
+    // A Service of the same name is not a competitor: its create ends in AlreadyExists.
+    let own_key = res.key(
+        objects::namespace(service),
+        objects::name(service).unwrap_or(""),
+    );
     let objects: Vec<Value> = stored
         .iter()
+        .filter(|kv| kv.key != own_key)
         .filter_map(|kv| serde_json::from_slice(&kv.value).ok())
         .collect();
     let used = ipalloc::used_addresses(objects.iter());

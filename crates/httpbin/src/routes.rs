@@ -32,6 +32,7 @@ httpbin: HTTP request and response service (HTTP/1.1 and h2c)
   GET  /headers        the request's headers
   GET  /ip             the client's IP (first X-Forwarded-For entry if any)
   GET  /user-agent     the request's User-Agent
+  GET  /hostname       the server's host name (which replica answered)
   ANY  /anything[/..]  everything about the request, body included
   POST /post           the request with its body (likewise PUT /put, PATCH /patch, DELETE /delete)
   ANY  /status/{code}  an empty response with that status code
@@ -74,6 +75,7 @@ enum Route {
     Headers,
     Ip,
     UserAgent,
+    Hostname,
     Anything,
     /// `/post`, `/put`, `/patch`, `/delete`: the body echo, for that one method.
     BodyMethod(Method),
@@ -90,6 +92,7 @@ impl Route {
             "/headers" => Self::Headers,
             "/ip" => Self::Ip,
             "/user-agent" => Self::UserAgent,
+            "/hostname" => Self::Hostname,
             "/anything" => Self::Anything,
             "/post" => Self::BodyMethod(Method::POST),
             "/put" => Self::BodyMethod(Method::PUT),
@@ -119,7 +122,12 @@ impl Route {
     /// The methods this route answers (HEAD comes with GET); `None` means any method.
     fn methods(&self) -> Option<&[Method]> {
         match self {
-            Self::Index | Self::Get | Self::Headers | Self::Ip | Self::UserAgent => Some(GET_ONLY),
+            Self::Index
+            | Self::Get
+            | Self::Headers
+            | Self::Ip
+            | Self::UserAgent
+            | Self::Hostname => Some(GET_ONLY),
             Self::Bytes(_) => Some(GET_ONLY),
             Self::BodyMethod(m) => Some(std::slice::from_ref(m)),
             Self::Anything | Self::Status(_) | Self::Delay(_) => None,
@@ -158,6 +166,11 @@ struct HeadersEcho {
 #[derive(Serialize)]
 struct IpEcho {
     origin: String,
+}
+
+#[derive(Serialize)]
+struct HostnameEcho {
+    hostname: String,
 }
 
 #[derive(Serialize)]
@@ -268,6 +281,12 @@ async fn dispatch(
         }),
         Route::Ip => json(&IpEcho {
             origin: echo::origin(headers, peer),
+        }),
+        Route::Hostname => json(&HostnameEcho {
+            hostname: nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default(),
         }),
         Route::UserAgent => json(&UserAgentEcho {
             user_agent: header_text(headers, header::USER_AGENT),

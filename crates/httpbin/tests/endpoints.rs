@@ -101,6 +101,11 @@ async fn headers_and_user_agent() {
     let ua = send(&client, req("/user-agent")).await;
     assert_eq!(ua.header("content-type"), Some("application/json"));
     assert_eq!(ua.json(), json!({"user-agent": "probe/2"}));
+
+    // Which replica answered: the server's host name (the pod name in a pod).
+    let host = send(&client, req("/hostname")).await.json();
+    let expected = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    assert_eq!(host, json!({"hostname": expected.trim()}));
 }
 
 #[tokio::test]

@@ -50,6 +50,10 @@ pub struct AgentConfig {
     pub node_name: String,
     pub runtime: RuntimeConfig,
     pub backoff: BackoffConfig,
+    /// Gives pods their addresses; without it pods have loopback only.
+    pub network: Option<Arc<dyn crate::runtime::network::PodNetwork>>,
+    /// The node's `InternalIP` (the pod network's gateway when there is one).
+    pub internal_ip: String,
 }
 
 /// Container log files the API server reads for `pods/log`.
@@ -106,7 +110,10 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(client: kube::Client, config: AgentConfig) -> Self {
-        let runtime = ProcessRuntime::new(config.runtime.clone());
+        let mut runtime = ProcessRuntime::new(config.runtime.clone());
+        if let Some(network) = &config.network {
+            runtime = runtime.with_network(network.clone());
+        }
         let logs = NodeLogs {
             runtime: runtime.clone(),
             live: Arc::default(),
@@ -129,7 +136,7 @@ impl Agent {
         let node = self.config.node_name.clone();
         // The API may still be starting: retry for a while before giving up.
         let mut attempt = 0;
-        while let Err(source) = register_node(&self.client, &node).await {
+        while let Err(source) = register_node(&self.client, &node, &self.config.internal_ip).await {
             attempt += 1;
             if attempt >= 50 || shutdown.is_cancelled() {
                 return Err(AgentError::Register { node, source });
@@ -534,9 +541,13 @@ async fn fetch_sources(client: &kube::Client, pod: &Pod) -> VolumeSources {
 }
 
 /// Creates or refreshes this machine's `Node` object.
-async fn register_node(client: &kube::Client, name: &str) -> Result<(), kube::Error> {
+async fn register_node(
+    client: &kube::Client,
+    name: &str,
+    internal_ip: &str,
+) -> Result<(), kube::Error> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let node = node_object(name);
+    let node = node_object(name, internal_ip);
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => {
@@ -579,7 +590,7 @@ fn ready_condition() -> NodeCondition {
     }
 }
 
-fn node_object(name: &str) -> Node {
+fn node_object(name: &str, internal_ip: &str) -> Node {
     let mut labels = BTreeMap::new();
     labels.insert("kubernetes.io/hostname".to_string(), name.to_string());
     labels.insert("kubernetes.io/os".to_string(), "linux".to_string());
@@ -632,7 +643,7 @@ fn node_object(name: &str) -> Node {
             addresses: Some(vec![
                 NodeAddress {
                     type_: "InternalIP".into(),
-                    address: "127.0.0.1".into(),
+                    address: internal_ip.to_string(),
                 },
                 NodeAddress {
                     type_: "Hostname".into(),

@@ -383,7 +383,9 @@ impl Worker {
         // stuck hook cannot wedge the pod forever.
         .max(Duration::from_secs(120));
         tokio::spawn(async move {
-            let ctx = ResolveContext::new(&node_name, &sources);
+            let mut ctx = ResolveContext::new(&node_name, &sources);
+            ctx.pod_ip = sandbox.pod_ip().to_string();
+            ctx.host_ip = sandbox.host_ip().to_string();
             for (container, attempt) in batch {
                 let name = container.name.clone();
                 let post_start = container
@@ -510,6 +512,7 @@ impl Worker {
         match report {
             Report::SandboxReady(Ok(sandbox)) => {
                 self.sandbox_pending = false;
+                set_addresses(&mut self.pod, &sandbox);
                 self.sandbox = Some(sandbox);
                 self.obs.sandbox = SandboxState::Ready;
             }
@@ -769,6 +772,7 @@ impl Worker {
             self.start_probers(&name, &container_id(&handle), started);
         }
         tracing::info!(pod = ?self.pod.metadata.name, "adopted the pod's sandbox and containers");
+        set_addresses(&mut self.pod, &sb);
         self.sandbox = Some(sb);
     }
 
@@ -872,4 +876,16 @@ async fn sleep_for(duration: Option<Duration>) {
 /// The `containerID` reported in status: `<runtime>://<id>`, as Kubernetes prints it.
 fn container_id(handle: &ContainerHandle) -> String {
     format!("tandem://{}", handle.id())
+}
+
+/// `status.podIP(s)` and `status.hostIP(s)` from the sandbox (the planner carries them).
+fn set_addresses(pod: &mut Pod, sandbox: &Sandbox) {
+    use k8s_openapi::api::core::v1::{HostIP, PodIP};
+    let status = pod.status.get_or_insert_with(Default::default);
+    let ip = sandbox.pod_ip().to_string();
+    let host = sandbox.host_ip().to_string();
+    status.pod_ip = Some(ip.clone());
+    status.pod_ips = Some(vec![PodIP { ip }]);
+    status.host_ip = Some(host.clone());
+    status.host_ips = Some(vec![HostIP { ip: host }]);
 }

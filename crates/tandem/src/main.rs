@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 mod config;
 mod logs;
+mod network;
 mod play;
 mod up;
 
@@ -29,6 +30,10 @@ enum Command {
     Up(up::UpArgs),
     /// Delete every pod gracefully, then stop the cluster started by `tandem up`.
     Down(up::DownArgs),
+    /// The Istio-style mesh: install it into a cluster, serve its injector as a webhook,
+    /// or program a pod's traffic capture.
+    #[command(subcommand)]
+    Mesh(MeshCommand),
     /// A small httpbin-compatible HTTP server (image `tandem/httpbin`) for examples and tests.
     Httpbin(httpbin::HttpbinArgs),
     /// Internal: the per-pod namespace holder.
@@ -45,6 +50,21 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum MeshCommand {
+    /// Install the mesh (like `istioctl install`): its config and control-plane Service.
+    Install(mesh::install::InstallArgs),
+    /// Remove what `install` created.
+    Uninstall(mesh::install::UninstallArgs),
+    /// Serve the sidecar injector as a Kubernetes MutatingAdmissionWebhook.
+    Webhook(mesh::webhook::WebhookArgs),
+    /// Program the pod's traffic capture (istio-iptables' flags), as `istio-init` does.
+    Capture {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -56,6 +76,13 @@ fn main() -> ExitCode {
         Command::Up(args) => run_async(up::run(args)),
         Command::Down(args) => run_async(up::down(args)),
         Command::Httpbin(args) => run_async(httpbin::run(args)),
+        Command::Mesh(MeshCommand::Install(args)) => run_async(mesh::install::run_install(args)),
+        Command::Mesh(MeshCommand::Uninstall(args)) => {
+            run_async(mesh::install::run_uninstall(args))
+        }
+        Command::Mesh(MeshCommand::Webhook(args)) => run_async(mesh::webhook::run(args)),
+        // Capture changes the calling thread's network namespace view: no runtime needed.
+        Command::Mesh(MeshCommand::Capture { args }) => capture::cli_main(&args),
     }
 }
 

@@ -27,9 +27,21 @@ pub struct UpArgs {
     /// `featureGates` and the API server address apply. `-` reads standard input.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// `bridge`: pods get addresses on the `tandem0` bridge, Services get ClusterIPs
+    /// (nftables) and names (cluster DNS). `none`: pods have loopback only, as under
+    /// `tandem play`, and the host's network is left alone.
+    #[arg(long, value_enum, default_value_t = PodNetworkMode::Bridge)]
+    pub pod_network: PodNetworkMode,
     /// CrashLoopBackOff initial delay (Kubernetes: 10s). For experiments and tests.
     #[arg(long, value_parser = crate::play::parse_duration, hide = true)]
     pub backoff_initial: Option<Duration>,
+}
+
+/// How pods are networked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PodNetworkMode {
+    Bridge,
+    None,
 }
 
 /// Options of `tandem down`.
@@ -115,6 +127,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
 
     let client = client_from_kubeconfig(&kubeconfig).await?;
+    let network = match args.pod_network {
+        PodNetworkMode::Bridge => {
+            Some(crate::network::start(&data_dir, &crate::network::pods_dir(&data_dir)).await?)
+        }
+        PodNetworkMode::None => None,
+    };
+    let gateway = network.as_ref().map(|n| n.gateway());
     let mut backoff = node::planner::BackoffConfig::default();
     if let Some(d) = args.backoff_initial {
         backoff.initial = d;
@@ -129,6 +148,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 helper_exe: std::env::current_exe().context("locating the tandem binary")?,
             },
             backoff,
+            network: network
+                .clone()
+                .map(|n| n as Arc<dyn node::runtime::network::PodNetwork>),
+            internal_ip: gateway.map_or_else(|| "127.0.0.1".to_owned(), |g| g.to_string()),
         },
     );
     let mut config = apiserver::state::ApiConfig {
@@ -150,6 +173,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     wait_until_listening(listen).await;
     let agent = tokio::spawn(agent.run(shutdown.clone()));
     let controllers = controllers::spawn_all(client.clone(), crate::node_name(), shutdown.clone());
+    if let Some(gateway) = gateway {
+        crate::network::spawn_services(client.clone(), gateway, shutdown.clone()).await?;
+        crate::network::seed_services(&client, gateway)
+            .await
+            .context("creating the kubernetes and kube-dns Services")?;
+    }
     std::fs::write(data_dir.join("tandem.pid"), std::process::id().to_string())
         .context("writing the pid file")?;
     println!(
@@ -274,6 +303,12 @@ pub async fn down(args: DownArgs) -> anyhow::Result<ExitCode> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every pod is gone: the bridge and tandem's nftables table can go too.
+    if crate::network::config(&data_dir).state_dir.exists()
+        && let Err(err) = crate::network::teardown(&data_dir).await
+    {
+        eprintln!("tandem down: {err:#}");
     }
     println!("tandem is down");
     Ok(ExitCode::SUCCESS)

@@ -47,6 +47,8 @@ impl Cluster {
             .args(["up", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            // Several clusters run at once here; only tests/network.rs needs pod networking.
+            .args(["--pod-network", "none"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

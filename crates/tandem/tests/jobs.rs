@@ -53,7 +53,9 @@ impl Cluster {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
         cmd.args(["up", "--data-dir"])
             .arg(dir.path().join("data"))
-            .args(["--listen", &format!("127.0.0.1:{}", free_port())]);
+            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            // Several clusters run at once here; only tests/network.rs needs pod networking.
+            .args(["--pod-network", "none"]);
         if let Some(config) = config {
             cmd.arg("--config").arg(config);
         }

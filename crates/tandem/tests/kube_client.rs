@@ -15,6 +15,8 @@ fn start_up(data: &Path, port: u16) -> Child {
         .args(["up", "--data-dir"])
         .arg(data)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        // Several clusters run at once here; only tests/network.rs needs pod networking.
+        .args(["--pod-network", "none"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

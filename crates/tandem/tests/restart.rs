@@ -79,6 +79,8 @@ impl Cluster {
             .arg("--data-dir")
             .arg(self.data())
             .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            // Several clusters run at once here; only tests/network.rs needs pod networking.
+            .args(["--pod-network", "none"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

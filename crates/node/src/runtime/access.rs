@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -28,6 +28,8 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(100);
 
 pub(crate) struct ProcessAccess {
     pub sandbox: ProcId,
+    /// The address probes and hooks use for the pod (dialled inside its namespace).
+    pub pod_ip: IpAddr,
     /// The shim of the instance; `None` when the instance never ran.
     pub shim: Option<ProcId>,
     pub env: Vec<(String, String)>,
@@ -188,6 +190,6 @@ impl ContainerAccess for ProcessAccess {
     }
 
     fn pod_ip(&self) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
+        self.pod_ip
     }
 }

@@ -99,7 +99,9 @@ impl ProcessRuntime {
         check_name("pod uid", uid)?;
         let pod_dir = self.pod_dir(uid);
         let Some(sb) = self.find_sandbox(uid) else {
-            // No sandbox was ever recorded, so no container could have started.
+            // No sandbox was ever recorded, so no container could have started; an
+            // address may have been handed out before the record was written.
+            self.detach_network(uid).await;
             return match fs::remove_dir_all(&pod_dir) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     Err(io_error(format!("removing {}", pod_dir.display()))(e))

@@ -20,6 +20,7 @@
 mod access;
 mod adopt;
 mod logs;
+pub mod network;
 mod procfs;
 mod resolve;
 pub mod sandbox;
@@ -58,6 +59,11 @@ use state::{
 
 /// How long a shim gets to carry out SIGKILL before the shim itself is killed.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The pod's `/etc/hosts` and `/etc/resolv.conf`, in its state directory.
+pub(crate) const ETC_HOSTS: &str = "hosts";
+pub(crate) const RESOLV_CONF: &str = "resolv.conf";
+/// The cluster's DNS domain.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// How long `stop_sandbox` keeps killing processes left in the pod's namespaces.
 const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -104,6 +110,10 @@ pub struct SandboxSpec {
     pub name: String,
     pub namespace: String,
     pub hostname: String,
+    /// `spec.subdomain`: the pod's name is then `<hostname>.<subdomain>.<ns>.svc.<domain>`.
+    pub subdomain: Option<String>,
+    /// `spec.hostNetwork`: the pod shares the host's network (no address of its own).
+    pub host_network: bool,
 }
 
 impl SandboxSpec {
@@ -122,11 +132,16 @@ impl SandboxSpec {
         while hostname.ends_with(['-', '.']) {
             hostname.pop();
         }
+        let spec = pod.spec.as_ref();
         Self {
             uid: meta.uid.clone().unwrap_or_default(),
             name,
             namespace: meta.namespace.clone().unwrap_or_else(|| "default".into()),
             hostname,
+            subdomain: spec
+                .and_then(|s| s.subdomain.clone())
+                .filter(|s| !s.is_empty()),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         }
     }
 }
@@ -142,6 +157,12 @@ pub struct Sandbox {
     pub process: ProcId,
     /// Its namespaces as created (`net:[4026532281]`, ...), for diagnostics.
     pub namespaces: Vec<String>,
+    /// The pod's address on the pod network (none: loopback only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    /// The node's address as the pod reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<IpAddr>,
 }
 
 impl Sandbox {
@@ -149,9 +170,14 @@ impl Sandbox {
         self.process.pid
     }
 
-    /// Pods only have loopback for now.
+    /// `status.podIP`: the pod network's address, or loopback without a pod network.
     pub fn pod_ip(&self) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::LOCALHOST)
+        self.ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+
+    /// `status.hostIP`.
+    pub fn host_ip(&self) -> IpAddr {
+        self.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
     }
 }
 
@@ -242,6 +268,8 @@ pub struct ProcessRuntime {
 #[derive(Debug)]
 struct Inner {
     cfg: RuntimeConfig,
+    /// Gives sandboxes an address; without one, pods have loopback only.
+    network: OnceLock<Arc<dyn network::PodNetwork>>,
     /// Exits of instances whose state directory `stop_sandbox` removed, for waiters that
     /// read them afterwards (kept for [`GRAVEYARD_TTL`]).
     graveyard: Mutex<Vec<(PathBuf, ExitInfo, Instant)>>,
@@ -385,6 +413,7 @@ impl ProcessRuntime {
         Self {
             inner: Arc::new(Inner {
                 cfg,
+                network: OnceLock::new(),
                 graveyard: Mutex::new(Vec::new()),
             }),
         }
@@ -392,6 +421,12 @@ impl ProcessRuntime {
 
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.cfg
+    }
+
+    /// Attaches new sandboxes to `network` (set once, before the first pod starts).
+    pub fn with_network(self, network: Arc<dyn network::PodNetwork>) -> Self {
+        let _ = self.inner.network.set(network);
+        self
     }
 
     fn bury(&self, dir: PathBuf, exit: ExitInfo) {
@@ -416,7 +451,7 @@ impl ProcessRuntime {
             .map(|(_, e, _)| e.clone())
     }
 
-    fn pod_dir(&self, uid: &str) -> PathBuf {
+    pub(crate) fn pod_dir(&self, uid: &str) -> PathBuf {
         self.inner.cfg.root.join("pods").join(uid)
     }
 
@@ -486,19 +521,79 @@ impl ProcessRuntime {
         };
         let process = ProcId::of(pid)
             .ok_or_else(|| RuntimeError::Sandbox("the sandbox process exited".into()))?;
-        let sb = Sandbox {
+        let mut sb = Sandbox {
             uid: spec.uid.clone(),
             name: spec.name.clone(),
             namespace: spec.namespace.clone(),
             hostname: spec.hostname.clone(),
             process,
             namespaces: process.namespace_ids(&["net", "uts", "ipc", "mnt"]),
+            ip: None,
+            host_ip: None,
         };
+        if let Err(e) = self.attach_network(spec, &mut sb, &pod_dir).await {
+            kill_and_wait(process).await;
+            self.detach_network(&spec.uid).await;
+            return Err(e);
+        }
         if let Err(e) = state::write_json(&pod_dir, SANDBOX, &sb) {
             kill_and_wait(process).await;
+            self.detach_network(&spec.uid).await;
             return Err(io_error("writing sandbox.json")(e));
         }
         Ok(sb)
+    }
+
+    /// Gives the sandbox its address and writes the pod's `/etc/hosts` and
+    /// `/etc/resolv.conf` (bind-mounted into every container).
+    async fn attach_network(
+        &self,
+        spec: &SandboxSpec,
+        sb: &mut Sandbox,
+        pod_dir: &Path,
+    ) -> Result<(), RuntimeError> {
+        let Some(net) = self.inner.network.get().filter(|_| !spec.host_network) else {
+            return Ok(());
+        };
+        let netns = PathBuf::from(format!("/proc/{}/ns/net", sb.process.pid));
+        let who = network::PodIdentity {
+            uid: &spec.uid,
+            namespace: &spec.namespace,
+            name: &spec.name,
+        };
+        let addr = net
+            .attach(who, &netns)
+            .await
+            .map_err(|e| RuntimeError::Sandbox(format!("setting up the pod network: {e}")))?;
+        sb.ip = Some(addr.ip);
+        sb.host_ip = Some(addr.host_ip);
+        let fqdn = spec.subdomain.as_ref().map(|sub| {
+            format!(
+                "{}.{sub}.{}.svc.{CLUSTER_DOMAIN}",
+                spec.hostname, spec.namespace
+            )
+        });
+        let hosts = network::hosts_file(addr.ip, &spec.hostname, fqdn.as_deref());
+        let write = |name: &str, text: &str| {
+            fs::write(pod_dir.join(name), text).map_err(io_error(format!(
+                "writing {}",
+                pod_dir.join(name).display()
+            )))
+        };
+        write(ETC_HOSTS, &hosts)?;
+        if let Some(resolv) = &addr.resolv_conf {
+            write(RESOLV_CONF, resolv)?;
+        }
+        Ok(())
+    }
+
+    /// Gives the pod's address back (after its processes are gone).
+    pub(crate) async fn detach_network(&self, uid: &str) {
+        if let Some(net) = self.inner.network.get()
+            && let Err(err) = net.detach(uid).await
+        {
+            tracing::warn!(%uid, %err, "releasing the pod's network");
+        }
     }
 
     /// Kills whatever still runs in the pod, stops the sandbox, removes the mount points
@@ -554,6 +649,7 @@ impl ProcessRuntime {
         .await;
 
         kill_and_wait(sb.process).await;
+        self.detach_network(&sb.uid).await;
 
         for dir in instance_dirs(&pod_dir) {
             if let Ok(Status {
@@ -593,9 +689,11 @@ impl ProcessRuntime {
         c: &Container,
         ctx: &ResolveContext<'_>,
     ) -> Result<ContainerSpec, StartError> {
-        let volumes_dir = self.pod_dir(&sb.uid).join("volumes");
+        let pod_dir = self.pod_dir(&sb.uid);
+        let volumes_dir = pod_dir.join("volumes");
         let paths = resolve::Paths {
             volumes_dir: &volumes_dir,
+            pod_dir: &pod_dir,
             helper_exe: &self.inner.cfg.helper_exe,
             hostname: &sb.hostname,
         };
@@ -826,6 +924,7 @@ impl ProcessRuntime {
     pub fn access(&self, sb: &Sandbox, h: &ContainerHandle) -> Arc<dyn ContainerAccess> {
         Arc::new(access::ProcessAccess {
             sandbox: sb.process,
+            pod_ip: sb.pod_ip(),
             shim: h.0.shim.filter(|_| h.0.exit.get().is_none()),
             env: h.0.spec.env.clone(),
             working_dir: h.0.spec.working_dir.clone(),

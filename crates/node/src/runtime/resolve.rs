@@ -212,6 +212,8 @@ impl UserDb for HostUsers {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Paths<'a> {
     pub volumes_dir: &'a Path,
+    /// Where the pod's `hosts` and `resolv.conf` are (when it has its own network).
+    pub pod_dir: &'a Path,
     pub helper_exe: &'a Path,
     pub hostname: &'a str,
 }
@@ -746,7 +748,23 @@ pub(crate) fn resolve_container(
         },
     };
     let (user, home) = identity(pod, c, users)?;
-    let mounts = mounts(pod, c, &env, paths.volumes_dir)?;
+    let mut mounts = mounts(pod, c, &env, paths.volumes_dir)?;
+    // The pod's own /etc/hosts and /etc/resolv.conf, unless the container mounts its own.
+    for (file, target) in [
+        (super::ETC_HOSTS, "/etc/hosts"),
+        (super::RESOLV_CONF, "/etc/resolv.conf"),
+    ] {
+        let source = paths.pod_dir.join(file);
+        if source.is_file() && !mounts.iter().any(|m| m.target == Path::new(target)) {
+            mounts.push(MountSpec {
+                volume: format!("etc-{file}"),
+                source,
+                target: PathBuf::from(target),
+                read_only: false,
+                create_source: false,
+            });
+        }
+    }
     let working_dir = match c.working_dir.as_deref() {
         Some(dir) if !dir.is_empty() => Path::new("/").join(dir),
         _ => PathBuf::from("/"),
@@ -847,6 +865,7 @@ mod tests {
         };
         let paths = Paths {
             volumes_dir: Path::new("/run/t/pods/u-1/volumes"),
+            pod_dir: Path::new("/run/t/pods/u-1"),
             helper_exe: Path::new("/usr/bin/tandem"),
             hostname: "web",
         };
