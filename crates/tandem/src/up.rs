@@ -160,8 +160,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     config.feature_gates = gates;
+    let injector = crate::injection::MeshInjector::new(&crate::node_name());
     let state = apiserver::state::AppState::new(Arc::new(store))
         .with_logs(Arc::new(Logs(agent.logs())))
+        .with_admission(vec![Arc::new(injector.clone())])
         .with_config(config);
 
     let shutdown = CancellationToken::new();
@@ -172,6 +174,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let server = tokio::spawn(bound.run(state, shutdown.clone()));
     wait_until_listening(listen).await;
     let agent = tokio::spawn(agent.run(shutdown.clone()));
+    tokio::spawn(injector.follow(client.clone(), shutdown.clone()));
     let controllers = controllers::spawn_all(client.clone(), crate::node_name(), shutdown.clone());
     if let Some(gateway) = gateway {
         crate::network::spawn_services(client.clone(), gateway, shutdown.clone()).await?;

@@ -30,6 +30,9 @@ pub(crate) struct ProcessAccess {
     pub sandbox: ProcId,
     /// The address probes and hooks use for the pod (dialled inside its namespace).
     pub pod_ip: IpAddr,
+    /// The container's image and the tandem binary, for the programs built-in images carry.
+    pub image: String,
+    pub helper_exe: PathBuf,
     /// The shim of the instance; `None` when the instance never ran.
     pub shim: Option<ProcId>,
     pub env: Vec<(String, String)>,
@@ -43,6 +46,8 @@ fn not_running() -> io::Error {
 
 impl ProcessAccess {
     async fn run(&self, argv: Vec<String>, timeout: Duration) -> io::Result<ExecOutput> {
+        let argv =
+            super::resolve::image_program(&self.image, &self.helper_exe, &argv).unwrap_or(argv);
         let Some(program) = argv.first() else {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
         };

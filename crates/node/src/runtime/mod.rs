@@ -925,6 +925,8 @@ impl ProcessRuntime {
         Arc::new(access::ProcessAccess {
             sandbox: sb.process,
             pod_ip: sb.pod_ip(),
+            image: h.0.spec.image.clone(),
+            helper_exe: self.inner.cfg.helper_exe.clone(),
             shim: h.0.shim.filter(|_| h.0.exit.get().is_none()),
             env: h.0.spec.env.clone(),
             working_dir: h.0.spec.working_dir.clone(),

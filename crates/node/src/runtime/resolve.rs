@@ -562,6 +562,28 @@ pub fn builtin_tool(image: &str) -> Option<&str> {
     ok.then_some(tool)
 }
 
+/// A program that a built-in image carries, as a real image would have it on its `PATH`:
+/// `tandem/proxy` stands in for Istio's proxyv2 image, whose hooks and probes run
+/// `pilot-agent ...`; that is `tandem proxy ...` here. `None` when `argv` names no such
+/// program.
+pub fn image_program(image: &str, helper_exe: &Path, argv: &[String]) -> Option<Vec<String>> {
+    let tool = builtin_tool(image)?;
+    let program = Path::new(argv.first()?).file_name()?.to_str()?;
+    let subcommand = match (tool, program) {
+        ("proxy", "pilot-agent") => "proxy",
+        _ => return None,
+    };
+    Some(
+        [
+            helper_exe.to_string_lossy().into_owned(),
+            subcommand.to_owned(),
+        ]
+        .into_iter()
+        .chain(argv[1..].iter().cloned())
+        .collect(),
+    )
+}
+
 fn pod_label(pod: &Pod) -> String {
     let m = &pod.metadata;
     format!(
@@ -728,7 +750,10 @@ pub(crate) fn resolve_container(
     let args = c.args.iter().flatten().map(|a| expand(a, lookup));
     let image = c.image.clone().unwrap_or_default();
     let argv: Vec<String> = match c.command.as_deref() {
-        Some(cmd) if !cmd.is_empty() => cmd.iter().map(|a| expand(a, lookup)).chain(args).collect(),
+        Some(cmd) if !cmd.is_empty() => {
+            let argv: Vec<String> = cmd.iter().map(|a| expand(a, lookup)).chain(args).collect();
+            image_program(&image, paths.helper_exe, &argv).unwrap_or(argv)
+        }
         _ => match builtin_tool(&image) {
             Some(tool) => [
                 paths.helper_exe.to_string_lossy().into_owned(),
@@ -1042,6 +1067,42 @@ mod tests {
         assert_eq!(
             err.message,
             "container has runAsNonRoot and image will run as root (pod: \"web_shop(u-1)\", container: app)"
+        );
+    }
+
+    #[test]
+    fn the_proxy_image_carries_pilot_agent() {
+        let exe = Path::new("/usr/bin/tandem");
+        let argv = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            image_program(
+                "tandem/proxy:1.28",
+                exe,
+                &argv(&["pilot-agent", "request", "POST", "drain"])
+            ),
+            Some(argv(&[
+                "/usr/bin/tandem",
+                "proxy",
+                "request",
+                "POST",
+                "drain"
+            ]))
+        );
+        assert_eq!(
+            image_program(
+                "tandem/proxy",
+                exe,
+                &argv(&["/usr/local/bin/pilot-agent", "wait"])
+            ),
+            Some(argv(&["/usr/bin/tandem", "proxy", "wait"]))
+        );
+        assert_eq!(
+            image_program("debian:12", exe, &argv(&["pilot-agent"])),
+            None
+        );
+        assert_eq!(
+            image_program("tandem/proxy", exe, &argv(&["sh", "-c", "x"])),
+            None
         );
     }
 
