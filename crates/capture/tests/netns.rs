@@ -1,6 +1,8 @@
 //! Root tests: run the capture in private network namespaces and check the rules the
-//! kernel holds and where connections end up. They need root, `iptables` (nft or legacy)
-//! and iproute2; without them they are skipped, except under `CI=true`, where they fail.
+//! kernel holds and where connections end up. They need root, `iptables` (nft or legacy),
+//! iproute2 and python3 (the unprivileged clients); without them they are skipped, except
+//! under `CI=true`, where they fail. `--run-validation` is tested through the binary, in
+//! the tandem package's `tests/capture.rs`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -125,6 +127,15 @@ fn prerequisites() -> bool {
         if !on_path(tool) {
             missing.push(tool.to_string());
         }
+    }
+    // The unprivileged clients are python3 processes: it must run as a plain user too
+    // (an interpreter under root's home would not).
+    if missing.is_empty()
+        && !python_as(1000, 1000, "pass", &[])
+            .status()
+            .is_ok_and(|s| s.success())
+    {
+        missing.push("python3 runnable by uid 1000".to_string());
     }
     if missing.is_empty() {
         return true;
@@ -346,38 +357,65 @@ fn serve(ns: &Netns, port: u16, name: &'static str) {
     });
 }
 
-/// Connects from the pod as `uid`/`gid` (a child process) and returns the reply line.
-fn connect_as(pod: &Netns, uid: u32, gid: u32, target: &str, source: Option<&str>) -> String {
-    let exe = std::env::current_exe().expect("test binary path");
-    let target = target.to_string();
-    let source = source.map(str::to_string);
-    let out: std::io::Result<Output> = pod.run(move || {
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "--exact",
-            "connect_helper",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("CAPTURE_HELPER_TARGET", &target)
+/// The client `connect_as` runs: connects to HOST PORT (from SOURCE when not empty) and
+/// prints `REPLY <line>`. It gives up after 5 s so a lost SYN, which would otherwise be
+/// retried for minutes, cannot hang the test.
+const CONNECT_PY: &str = r#"
+import os, signal, socket, sys
+
+def give_up(*_):
+    sys.stderr.write("client timed out\n")
+    os._exit(3)
+
+signal.signal(signal.SIGALRM, give_up)
+signal.alarm(5)
+host, port, source = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+if source:
+    s.bind((source, 0))
+s.connect((host, port))
+reply = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    reply += chunk
+print("REPLY " + reply.decode().strip())
+"#;
+
+/// `python3` running `script` with `args` as `uid`/`gid` (supplementary groups dropped).
+fn python_as(uid: u32, gid: u32, script: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("python3");
+    // -I: no user site or PYTHON* variables of the caller; "/" is readable by anyone.
+    cmd.arg("-I")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .current_dir("/")
         .uid(uid)
         .gid(gid);
-        if let Some(s) = &source {
-            cmd.env("CAPTURE_HELPER_SOURCE", s);
-        }
-        cmd.output()
+    cmd
+}
+
+/// Connects from the pod as `uid`/`gid` (a child process) and returns the reply line.
+fn connect_as(pod: &Netns, uid: u32, gid: u32, target: &str, source: Option<&str>) -> String {
+    let addr: std::net::SocketAddrV4 = target.parse().expect("IPv4 socket address");
+    let source = source.unwrap_or_default().to_string();
+    let out: std::io::Result<Output> = pod.run(move || {
+        let host = addr.ip().to_string();
+        let port = addr.port().to_string();
+        python_as(uid, gid, CONNECT_PY, &[&host, &port, &source]).output()
     });
-    let out = out.expect("spawn helper");
+    let out = out.expect("spawn python3 client");
     let stdout = String::from_utf8_lossy(&out.stdout);
     stdout
         .lines()
-        // libtest prints "test connect_helper ... " on the same line.
-        .find_map(|l| l.split_once("REPLY ").map(|(_, r)| r))
+        .find_map(|l| l.strip_prefix("REPLY "))
         .map(str::to_string)
         .unwrap_or_else(|| {
             panic!(
-                "no reply; stdout: {stdout}\nstderr: {}",
+                "no reply from {target} as {uid}:{gid} ({}); stdout: {stdout}\nstderr: {}",
+                out.status,
                 String::from_utf8_lossy(&out.stderr)
             )
         })
@@ -394,46 +432,6 @@ fn connect_from(ns: &Netns, target: &str) -> String {
         Ok(reply.trim().to_string())
     })
     .unwrap_or_else(|e| panic!("connect to {target}: {e}"))
-}
-
-/// Not a test: the child process `connect_as` starts, with its uid and gid set.
-#[test]
-#[ignore = "helper process started by the namespace tests"]
-fn connect_helper() {
-    use std::os::fd::AsRawFd;
-
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
-
-    // Never hang the parent: a lost SYN would otherwise retry for minutes.
-    std::thread::spawn(|| {
-        std::thread::sleep(Duration::from_secs(5));
-        eprintln!("helper timed out");
-        std::process::exit(3);
-    });
-    let target: std::net::SocketAddrV4 = std::env::var("CAPTURE_HELPER_TARGET")
-        .expect("CAPTURE_HELPER_TARGET")
-        .parse()
-        .expect("IPv4 socket address");
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .expect("socket");
-    if let Ok(source) = std::env::var("CAPTURE_HELPER_SOURCE") {
-        let source: std::net::Ipv4Addr = source.parse().expect("IPv4 source");
-        bind(
-            fd.as_raw_fd(),
-            &SockaddrIn::from(std::net::SocketAddrV4::new(source, 0)),
-        )
-        .expect("bind source");
-    }
-    connect(fd.as_raw_fd(), &SockaddrIn::from(target)).expect("connect");
-    let mut stream = TcpStream::from(fd);
-    let mut reply = String::new();
-    stream.read_to_string(&mut reply).expect("read reply");
-    println!("REPLY {}", reply.trim());
 }
 
 fn name_of(reply: &str) -> &str {
@@ -571,56 +569,6 @@ fn excluded_cidr_and_inbound_port_list_end_to_end() {
     assert_eq!(name_of(&r), "app9090", "{r}");
     let r = connect_from(&remote, &format!("{POD_IP}:8080"));
     assert_eq!(name_of(&r), "inbound", "{r}");
-}
-
-// --- --run-validation -----------------------------------------------------------------
-
-/// Not a test: runs `capture::cli_main` with `CAPTURE_HELPER_ARGS` and exits with its code.
-#[test]
-#[ignore = "helper process started by the namespace tests"]
-fn validation_helper() {
-    let args: Vec<String> = std::env::var("CAPTURE_HELPER_ARGS")
-        .expect("CAPTURE_HELPER_ARGS")
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
-    let code = capture::cli_main(&args);
-    let code = if code == std::process::ExitCode::SUCCESS {
-        0
-    } else if code == std::process::ExitCode::from(capture::VALIDATION_ERROR_CODE) {
-        i32::from(capture::VALIDATION_ERROR_CODE)
-    } else {
-        1
-    };
-    std::process::exit(code);
-}
-
-/// Runs istio-iptables flags in the pod as `uid` in a child process; returns its exit code.
-fn cli_as(pod: &Netns, uid: u32, args: &str) -> Option<i32> {
-    let exe = std::env::current_exe().expect("test binary path");
-    let args = args.to_string();
-    let out = pod.run(move || {
-        Command::new(exe)
-            .args(["--exact", "validation_helper", "--ignored", "--nocapture"])
-            .env("CAPTURE_HELPER_ARGS", &args)
-            .uid(uid)
-            .gid(uid)
-            .output()
-    });
-    out.expect("spawn helper").status.code()
-}
-
-#[test]
-fn run_validation_sees_the_redirect_only_once_rules_are_in() {
-    if !prerequisites() {
-        return;
-    }
-    let pod = Netns::new();
-    // The CNI validation container's way: no rule changes, run as the proxy user.
-    let validate = "-p 15001 -z 15006 --skip-rule-apply --run-validation --probe-timeout=1s";
-    assert_eq!(cli_as(&pod, 1337, validate), Some(126));
-    pod.capture(INJECTED).expect("capture");
-    assert_eq!(cli_as(&pod, 1337, validate), Some(0));
 }
 
 #[test]
