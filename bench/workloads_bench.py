@@ -409,17 +409,20 @@ def main():
     parser.add_argument("--timeout", type=float, default=180)
     parser.add_argument("--skip-deployment", action="store_true")
     parser.add_argument("--skip-job", action="store_true")
+    parser.add_argument("--pod-network", default="bridge", choices=["bridge", "none"],
+                        help="tandem up --pod-network (bridge: every pod gets a veth and an address)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: tandem up runs a node")
     tandem = os.path.abspath(args.tandem)
     print(f"# {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()}: {os.cpu_count()} cores, "
-          f"{platform.release()}; tandem = {args.tandem}; loadavg {open('/proc/loadavg').read().split()[:3]}", flush=True)
+          f"{platform.release()}; tandem = {args.tandem}; --pod-network {args.pod_network}; loadavg {open('/proc/loadavg').read().split()[:3]}", flush=True)
     tmp = tempfile.mkdtemp(prefix="tandem-wl-")
     data = os.path.join(tmp, "data")
     port = free_port()
     log = open(os.path.join(tmp, "up.log"), "wb")
-    up = subprocess.Popen([tandem, "up", "--data-dir", data, "--listen", f"127.0.0.1:{port}"],
+    up = subprocess.Popen([tandem, "up", "--data-dir", data, "--listen", f"127.0.0.1:{port}",
+                           "--pod-network", args.pod_network],
                           stdout=log, stderr=log)
     try:
         if not wait_for(lambda: os.path.exists(os.path.join(data, "tandem.pid")), 30, 0.1):

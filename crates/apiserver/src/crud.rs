@@ -65,7 +65,7 @@ impl Request {
             .map(|(_, v)| v.into_owned())
     }
 
-    fn reject_dry_run(&self) -> ApiResult<()> {
+    pub(crate) fn reject_dry_run(&self) -> ApiResult<()> {
         if self.query_param("dryRun").is_some_and(|v| !v.is_empty()) {
             return Err(bad_request("dryRun is not supported by this server"));
         }

@@ -21,6 +21,7 @@ mod router;
 pub mod server;
 pub mod state;
 pub mod status;
+pub mod tokens;
 pub mod watch;
 
 pub use admission::{MutatingAdmission, Operation};

@@ -27,6 +27,8 @@ const SERVING_KEY: &str = "apiserver.key";
 /// start can tell whether to reissue it without parsing X.509.
 const SERVING_META: &str = "apiserver.meta";
 const TOKEN: &str = "token";
+/// The service-account token signing key (PKCS#8 PEM, ECDSA P-256).
+const SA_KEY: &str = "sa.key";
 
 const CA_NAME: &str = "tandem-ca";
 const DAY: i64 = 24 * 3600;
@@ -51,7 +53,8 @@ pub enum PkiError {
     Random(String),
 }
 
-/// The CA, the serving certificate and key, and the admin bearer token.
+/// The CA, the serving certificate and key, the admin bearer token and the
+/// service-account signing key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Pki {
     pub dir: PathBuf,
@@ -59,6 +62,8 @@ pub struct Pki {
     pub cert_pem: String,
     pub key_pem: String,
     pub token: String,
+    /// The key that signs service account tokens (`tokens::Signer::from_pem`).
+    pub service_account_key_pem: String,
 }
 
 impl std::fmt::Debug for Pki {
@@ -72,8 +77,9 @@ impl std::fmt::Debug for Pki {
 
 /// Loads the PKI from `<data_dir>/pki`, creating what is missing: the CA, a serving
 /// certificate for localhost, 127.0.0.1, ::1, the host name and `extra_sans` (DNS
-/// names or IP addresses), and a random token. The serving certificate is reissued
-/// from the same CA when a name is missing or it is about to expire.
+/// names or IP addresses), a random token and a service-account signing key. The
+/// serving certificate is reissued from the same CA when a name is missing or it is
+/// about to expire.
 pub fn ensure(data_dir: &Path, extra_sans: &[String]) -> Result<Pki, PkiError> {
     let dir = data_dir.join("pki");
     fs::create_dir_all(&dir).map_err(|source| io(&dir, source))?;
@@ -165,12 +171,31 @@ pub fn ensure(data_dir: &Path, extra_sans: &[String]) -> Result<Pki, PkiError> {
         }
     };
 
+    let sa_path = dir.join(SA_KEY);
+    let service_account_key_pem = match read_opt(&sa_path)? {
+        Some(pem) => {
+            // Fail now rather than on the first token request.
+            crate::tokens::Signer::from_pem(&pem).map_err(|e| PkiError::Corrupt {
+                path: sa_path.clone(),
+                why: e.to_string(),
+            })?;
+            pem
+        }
+        None => {
+            let pem = crate::tokens::Signer::generate_pem()
+                .map_err(|e| PkiError::Random(e.to_string()))?;
+            write_private(&sa_path, pem.as_bytes())?;
+            pem
+        }
+    };
+
     Ok(Pki {
         dir,
         ca_pem,
         cert_pem,
         key_pem,
         token,
+        service_account_key_pem,
     })
 }
 
@@ -363,13 +388,19 @@ mod tests {
         assert!(first.key_pem.contains("PRIVATE KEY"));
         assert_eq!(first.token.len(), 64);
         assert!(first.token.chars().all(|c| c.is_ascii_hexdigit()));
-        for f in [CA_KEY, SERVING_KEY, TOKEN] {
+        for f in [CA_KEY, SERVING_KEY, TOKEN, SA_KEY] {
             assert_eq!(mode(&first.dir.join(f)), 0o600, "{f}");
         }
         assert_eq!(mode(&first.dir), 0o700);
 
+        let signer = crate::tokens::Signer::from_pem(&first.service_account_key_pem)
+            .expect("a usable signing key");
+
         let second = ensure(dir.path(), &[]).expect("ensure again");
         assert_eq!(first, second);
+        let again =
+            crate::tokens::Signer::from_pem(&second.service_account_key_pem).expect("signing key");
+        assert_eq!(again.key_id(), signer.key_id());
 
         // A new name reissues the serving certificate from the same CA.
         let third = ensure(dir.path(), &["tandem.example".to_owned()]).expect("ensure");

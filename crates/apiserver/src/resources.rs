@@ -146,6 +146,7 @@ pub fn subresource_group_version<'a>(
     match sub.kind {
         "Scale" => ("autoscaling", "v1"),
         "Binding" => ("", "v1"),
+        "TokenRequest" => ("authentication.k8s.io", "v1"),
         _ => (res.group, res.version),
     }
 }
@@ -272,7 +273,11 @@ pub static RESOURCES: &[ResourceInfo] = &[
         short_names: &["sa"],
         categories: &[],
         list_kind: "ServiceAccountList",
-        subresources: &[],
+        subresources: &[Subresource {
+            name: "token",
+            kind: "TokenRequest",
+            verbs: &["create"],
+        }],
         verbs: VERBS,
     },
     ResourceInfo {

@@ -236,6 +236,10 @@ async fn resource_route(
             }
             _ => Err(not_allowed()),
         },
+        (Some(_), Some("token")) => match *method {
+            Method::POST => crate::tokens::create(state, &target, req).await,
+            _ => Err(not_allowed()),
+        },
         (Some(_), Some("finalize")) => match *method {
             Method::PUT => crud::update(state, &target, req).await,
             _ => Err(not_allowed()),

@@ -11,6 +11,7 @@ use jiff::Timestamp;
 use store::Store;
 
 use crate::admission::MutatingAdmission;
+use crate::tokens::Signer;
 
 /// Where container logs live; the node agent implements it.
 pub trait LogSource: Send + Sync {
@@ -102,10 +103,13 @@ pub struct AppState {
     pub config: Arc<ApiConfig>,
     /// Held from choosing a ClusterIP until the Service is stored.
     pub service_ips: Arc<tokio::sync::Mutex<()>>,
+    /// Signs service account tokens; `None` only if no key could be made.
+    pub token_signer: Option<Arc<Signer>>,
 }
 
 impl AppState {
-    /// A state with no log source, no mutating plugins and default settings.
+    /// A state with no log source, no mutating plugins, default settings and a
+    /// token signing key of its own (see [`AppState::with_token_signer`]).
     pub fn new(store: Arc<dyn Store>) -> Self {
         AppState {
             store,
@@ -113,7 +117,15 @@ impl AppState {
             admission: Arc::new(Vec::new()),
             config: Arc::new(ApiConfig::default()),
             service_ips: Arc::new(tokio::sync::Mutex::new(())),
+            token_signer: Signer::ephemeral().ok().map(Arc::new),
         }
+    }
+
+    /// Signs service account tokens with `signer` (the cluster's persistent key,
+    /// `Signer::from_pem(&pki.service_account_key_pem)`).
+    pub fn with_token_signer(mut self, signer: Signer) -> Self {
+        self.token_signer = Some(Arc::new(signer));
+        self
     }
 
     pub fn with_logs(mut self, logs: Arc<dyn LogSource>) -> Self {

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod castore;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
@@ -27,6 +28,7 @@ pub fn spawn_all(
         tokio::spawn(job::run(client.clone(), shutdown.clone())),
         tokio::spawn(namespace::run(client.clone(), shutdown.clone())),
         tokio::spawn(endpoints::run(client.clone(), shutdown.clone())),
+        tokio::spawn(castore::run(client.clone(), shutdown.clone())),
         tokio::spawn(gc::run(client, shutdown)),
     ]
 }

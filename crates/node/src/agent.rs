@@ -14,9 +14,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Event as ApiEvent, EventSource, Node, NodeAddress, NodeCondition, NodeSpec,
-    NodeStatus, NodeSystemInfo, ObjectReference, Pod, Secret,
+    NodeStatus, NodeSystemInfo, ObjectReference, Pod, Secret, ServiceAccount,
+    ServiceAccountTokenProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
@@ -484,11 +486,45 @@ async fn write_event(
         .map(|_| ())
 }
 
-/// ConfigMaps and Secrets the pod's volumes and env refer to, read once at pod start.
+/// The token request the kubelet makes for a `serviceAccountToken` projection: the
+/// projection's audience and expiry, bound to the pod.
+fn token_request(pod: &Pod, projection: &ServiceAccountTokenProjection) -> TokenRequest {
+    TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: projection
+                .audience
+                .iter()
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .collect(),
+            expiration_seconds: projection.expiration_seconds,
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: pod.metadata.name.clone(),
+                uid: pod.metadata.uid.clone(),
+            }),
+        },
+        ..TokenRequest::default()
+    }
+}
+
+/// The service account a pod runs as.
+fn service_account_of(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.as_deref())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default")
+}
+
+/// ConfigMaps and Secrets the pod's volumes and env refer to, and a token for each
+/// `serviceAccountToken` projection, read once at pod start.
 async fn fetch_sources(client: &kube::Client, pod: &Pod) -> VolumeSources {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut config_maps = HashSet::new();
     let mut secrets = HashSet::new();
+    let mut tokens = Vec::new();
     if let Some(spec) = &pod.spec {
         for volume in spec.volumes.iter().flatten() {
             if let Some(cm) = &volume.config_map {
@@ -496,6 +532,21 @@ async fn fetch_sources(client: &kube::Client, pod: &Pod) -> VolumeSources {
             }
             if let Some(secret) = volume.secret.as_ref().and_then(|s| s.secret_name.clone()) {
                 secrets.insert(secret);
+            }
+            let projections = volume
+                .projected
+                .iter()
+                .flat_map(|p| p.sources.iter().flatten());
+            for source in projections {
+                if let Some(cm) = &source.config_map {
+                    config_maps.insert(cm.name.clone());
+                }
+                if let Some(secret) = &source.secret {
+                    secrets.insert(secret.name.clone());
+                }
+                if let Some(projection) = &source.service_account_token {
+                    tokens.push((volume.name.clone(), projection.clone()));
+                }
             }
         }
         let containers = spec
@@ -536,6 +587,29 @@ async fn fetch_sources(client: &kube::Client, pod: &Pod) -> VolumeSources {
         if let Ok(Some(secret)) = secret_api.get_opt(&name).await {
             sources.add_secret(secret);
         }
+    }
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let account = service_account_of(pod);
+    for (volume, projection) in tokens {
+        let outcome = accounts
+            .create_token_request(
+                account,
+                &PostParams::default(),
+                &token_request(pod, &projection),
+            )
+            .await
+            .map_err(|e| match e {
+                kube::Error::Api(status) => status.message,
+                other => other.to_string(),
+            })
+            .and_then(|answer| {
+                answer
+                    .status
+                    .map(|s| s.token)
+                    .filter(|t| !t.is_empty())
+                    .ok_or_else(|| "the API server returned no token".to_owned())
+            });
+        sources.add_service_account_token(&volume, &projection.path, outcome);
     }
     sources
 }
@@ -665,5 +739,46 @@ fn node_object(name: &str, internal_ip: &str) -> Node {
             }),
             ..NodeStatus::default()
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_requests_carry_the_projection_and_bind_the_pod() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u-1"},
+            "spec": {"serviceAccountName": "web", "containers": [{"name": "app"}]}
+        }))
+        .expect("pod");
+        let projection = ServiceAccountTokenProjection {
+            audience: Some("istio-ca".into()),
+            expiration_seconds: Some(43200),
+            path: "istio-token".into(),
+        };
+        let request = serde_json::to_value(token_request(&pod, &projection)).expect("json");
+        assert_eq!(
+            request["spec"],
+            serde_json::json!({
+                "audiences": ["istio-ca"],
+                "expirationSeconds": 43200,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "web-1", "uid": "u-1"}
+            })
+        );
+        assert_eq!(service_account_of(&pod), "web");
+
+        // No audience: the API server's own; no account named: `default`.
+        let bare = ServiceAccountTokenProjection {
+            path: "token".into(),
+            ..Default::default()
+        };
+        assert!(token_request(&pod, &bare).spec.audiences.is_empty());
+        let mut unnamed = pod.clone();
+        if let Some(spec) = unnamed.spec.as_mut() {
+            spec.service_account_name = None;
+        }
+        assert_eq!(service_account_of(&unnamed), "default");
     }
 }

@@ -35,6 +35,10 @@ enum Command {
     /// or program a pod's traffic capture.
     #[command(subcommand)]
     Mesh(MeshCommand),
+    /// The sidecar proxy (image `tandem/proxy`, Istio's pilot-agent + Envoy): `proxy sidecar`
+    /// in a pod, or a standalone forwarder with `--listen ADDR --upstream ADDR`.
+    /// `tandem proxy istio-iptables ...` is the capture of `istio-init`.
+    Proxy(proxy::Args),
     /// A small httpbin-compatible HTTP server (image `tandem/httpbin`) for examples and tests.
     Httpbin(httpbin::HttpbinArgs),
     /// Internal: the per-pod namespace holder.
@@ -67,6 +71,14 @@ enum MeshCommand {
 }
 
 fn main() -> ExitCode {
+    // Istio's istio-init runs the proxy image as `istio-iptables ...`: the capture's own
+    // flag syntax (`-p15001`, `-x ""`) goes to it untouched.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("proxy")
+        && argv.get(2).map(String::as_str) == Some("istio-iptables")
+    {
+        return capture::cli_main(&argv[3..]);
+    }
     let cli = Cli::parse();
     match cli.command {
         // The helpers fork and enter namespaces: they must stay single-threaded, so they
@@ -77,6 +89,7 @@ fn main() -> ExitCode {
         Command::Up(args) => run_async(up::run(args)),
         Command::Down(args) => run_async(up::down(args)),
         Command::Httpbin(args) => run_async(httpbin::run(args)),
+        Command::Proxy(args) => run_async(proxy::run(args)),
         Command::Mesh(MeshCommand::Install(args)) => run_async(mesh::install::run_install(args)),
         Command::Mesh(MeshCommand::Uninstall(args)) => {
             run_async(mesh::install::run_uninstall(args))

@@ -102,6 +102,21 @@ pub async fn spawn_services(
         }
     });
 
+    // The mesh's control plane: proxies follow Services and endpoints from here
+    // (`istiod.istio-system.svc:15010`, which `tandem mesh install` points at this node).
+    let discovery_addr = SocketAddr::new(IpAddr::V4(gateway), 15010);
+    let discovery = tokio::net::TcpListener::bind(discovery_addr)
+        .await
+        .with_context(|| format!("starting mesh discovery on {discovery_addr}"))?;
+    let discovery_client = client.clone();
+    let discovery_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        let stop = discovery_shutdown.cancelled_owned();
+        if let Err(err) = proxy::discovery::serve(discovery_client, discovery, stop).await {
+            tracing::error!(%err, "mesh discovery stopped");
+        }
+    });
+
     let listen = SocketAddr::new(IpAddr::V4(gateway), 53);
     let upstream = dns::Upstream::from_resolv_conf(Path::new("/etc/resolv.conf"), &[listen])
         .unwrap_or_else(|_| dns::Upstream::none());

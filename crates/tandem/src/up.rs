@@ -164,6 +164,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let state = apiserver::state::AppState::new(Arc::new(store))
         .with_logs(Arc::new(Logs(agent.logs())))
         .with_admission(vec![Arc::new(injector.clone())])
+        .with_token_signer(
+            apiserver::tokens::Signer::from_pem(&pki.service_account_key_pem)
+                .context("reading the service account signing key")?,
+        )
         .with_config(config);
 
     let shutdown = CancellationToken::new();

@@ -17,11 +17,28 @@ use crate::planner::StartError;
 /// The `PATH` a container gets when its env does not set one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// ConfigMaps and Secrets that env references and volumes can use, by namespace and name.
+/// ConfigMaps and Secrets that env references and volumes can use, by namespace and name,
+/// and the service account tokens of the pod's projected volumes.
 #[derive(Debug, Clone, Default)]
 pub struct VolumeSources {
     config_maps: BTreeMap<(String, String), ConfigMap>,
     secrets: BTreeMap<(String, String), Secret>,
+    /// By volume name and the projection's `path`.
+    tokens: BTreeMap<(String, String), TokenOutcome>,
+}
+
+/// What requesting a projected service account token gave; the token itself is never
+/// printed.
+#[derive(Clone, PartialEq, Eq)]
+struct TokenOutcome(Result<String, String>);
+
+impl std::fmt::Debug for TokenOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Ok(_) => f.write_str("Ok(<token>)"),
+            Err(e) => write!(f, "Err({e:?})"),
+        }
+    }
 }
 
 fn object_key(
@@ -51,6 +68,27 @@ impl VolumeSources {
 
     pub fn secret(&self, namespace: &str, name: &str) -> Option<&Secret> {
         self.secrets.get(&(namespace.to_owned(), name.to_owned()))
+    }
+
+    /// Records the outcome of the token request for the `serviceAccountToken`
+    /// projection at `path` of volume `volume`: the token, or why there is none (the
+    /// API server's message).
+    pub fn add_service_account_token(
+        &mut self,
+        volume: &str,
+        path: &str,
+        outcome: Result<String, String>,
+    ) {
+        self.tokens
+            .insert((volume.to_owned(), path.to_owned()), TokenOutcome(outcome));
+    }
+
+    /// The token for a projection, `Some(Err(why))` when the request failed, `None`
+    /// when none was requested (no API server).
+    pub fn service_account_token(&self, volume: &str, path: &str) -> Option<Result<&str, &str>> {
+        self.tokens
+            .get(&(volume.to_owned(), path.to_owned()))
+            .map(|t| t.0.as_deref().map_err(String::as_str))
     }
 }
 

@@ -1,13 +1,16 @@
 //! Pod volumes on disk: `emptyDir` directories, `configMap`/`secret`/`downwardAPI`/
-//! `projected` files rendered as the kubelet does, and `hostPath` type checks with the
-//! kubelet's messages. Containers get them through bind mounts made by the shim.
+//! `projected` files (service account tokens included) rendered as the kubelet does,
+//! and `hostPath` type checks with the kubelet's messages. Containers get them through
+//! bind mounts made by the shim.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 
-use k8s_openapi::api::core::v1::{DownwardAPIVolumeFile, KeyToPath, Pod, Volume};
+use k8s_openapi::api::core::v1::{
+    DownwardAPIVolumeFile, KeyToPath, Pod, ServiceAccountTokenProjection, Volume,
+};
 
 use super::RuntimeError;
 use super::resolve::{
@@ -25,6 +28,9 @@ pub(crate) struct FileEntry {
     pub path: String,
     pub data: Vec<u8>,
     pub mode: u32,
+    /// The owner to give the file (the kubelet's `FsUser` for tokens); `None` keeps
+    /// the writer's.
+    pub owner: Option<u32>,
 }
 
 fn mode_of(item: Option<i32>, default: i32) -> u32 {
@@ -60,6 +66,7 @@ fn config_map_files(
                     path: key.clone(),
                     data: config_map_value(cm, key).unwrap_or_default(),
                     mode: mode_of(None, default_mode),
+                    owner: None,
                 });
             }
         }
@@ -70,6 +77,7 @@ fn config_map_files(
                         path: item.path.clone(),
                         data,
                         mode: mode_of(item.mode, default_mode),
+                        owner: None,
                     }),
                     None if optional => {}
                     None => {
@@ -109,6 +117,7 @@ fn secret_files(
                     data: secret_value(secret, &key).unwrap_or_default(),
                     path: key,
                     mode: mode_of(None, default_mode),
+                    owner: None,
                 });
             }
         }
@@ -119,6 +128,7 @@ fn secret_files(
                         path: item.path.clone(),
                         data,
                         mode: mode_of(item.mode, default_mode),
+                        owner: None,
                     }),
                     None if optional => {}
                     None => {
@@ -173,9 +183,74 @@ fn downward_files(
             path: item.path.clone(),
             data: value.into_bytes(),
             mode: mode_of(item.mode, default_mode),
+            owner: None,
         });
     }
     Ok(files)
+}
+
+/// The kubelet's `FsUser`: the run-as user every init and regular container shares,
+/// if they all name one (their own `runAsUser` or the pod's).
+fn fs_user(pod: &Pod) -> Option<u32> {
+    let spec = pod.spec.as_ref()?;
+    let pod_user = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    let mut common = None;
+    for c in spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+    {
+        let user = c
+            .security_context
+            .as_ref()
+            .and_then(|s| s.run_as_user)
+            .or(pod_user)?;
+        match common {
+            Some(u) if u != user => return None,
+            _ => common = Some(user),
+        }
+    }
+    common.and_then(|u| u32::try_from(u).ok())
+}
+
+/// The file of a `serviceAccountToken` projection. Like the kubelet: the volume's
+/// `defaultMode`, or 0600 owned by the pods' common user when there is one or an
+/// `fsGroup` (which then adds group read).
+fn token_file(
+    pod: &Pod,
+    sources: &VolumeSources,
+    volume: &str,
+    projection: &ServiceAccountTokenProjection,
+    default_mode: i32,
+) -> Result<FileEntry, String> {
+    let token = match sources.service_account_token(volume, &projection.path) {
+        Some(Ok(token)) => token,
+        Some(Err(why)) => return Err(format!("failed to fetch token: {why}")),
+        None => {
+            return Err(
+                "failed to fetch token: no API server to request a service account token from"
+                    .into(),
+            );
+        }
+    };
+    let owner = fs_user(pod);
+    let fs_group = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|s| s.fs_group);
+    let mode = if owner.is_some() || fs_group.is_some() {
+        0o600
+    } else {
+        mode_of(None, default_mode)
+    };
+    Ok(FileEntry {
+        path: projection.path.clone(),
+        data: token.as_bytes().to_vec(),
+        mode,
+        owner,
+    })
 }
 
 /// The files of a volume that is rendered from objects, or `None` for other kinds.
@@ -241,9 +316,13 @@ pub(crate) fn render(
                     mode,
                     ctx,
                 )?);
+            } else if let Some(token) = &source.service_account_token {
+                files.push(token_file(pod, sources, &volume.name, token, mode)?);
             } else {
                 return Err(
-                    "only configMap, secret and downwardAPI projections are supported".into(),
+                    "only configMap, secret, downwardAPI and serviceAccountToken \
+                     projections are supported"
+                        .into(),
                 );
             }
         }
@@ -335,6 +414,9 @@ pub(crate) fn write_files(dir: &Path, files: &[FileEntry]) -> io::Result<()> {
         }
         fs::write(&path, &f.data)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(f.mode))?;
+        if let Some(uid) = f.owner {
+            std::os::unix::fs::lchown(&path, Some(uid), None)?;
+        }
     }
     Ok(())
 }
@@ -497,6 +579,7 @@ mod tests {
             path: path.into(),
             data: data.to_vec(),
             mode,
+            owner: None,
         }
     }
 
@@ -537,6 +620,149 @@ mod tests {
                 entry("password", b"s3cr3t", 0o644)
             ])
         );
+    }
+
+    /// A pod with Istio's token volume; `security` is merged into the pod spec.
+    fn token_pod(security: serde_json::Value) -> Pod {
+        let mut spec = serde_json::json!({
+            "serviceAccountName": "web",
+            "initContainers": [{"name": "istio-proxy", "restartPolicy": "Always",
+                                "securityContext": {"runAsUser": 1337}}],
+            "containers": [{"name": "app"}],
+            "volumes": [{"name": "istio-token", "projected": {"sources": [
+                {"serviceAccountToken": {"audience": "istio-ca", "expirationSeconds": 43200,
+                                         "path": "istio-token"}}
+            ]}}]
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), security.as_object()) {
+            for (k, v) in extra {
+                spec.insert(k.clone(), v.clone());
+            }
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u-1"},
+            "spec": spec
+        }))
+        .expect("pod")
+    }
+
+    fn token_files(pod: &Pod, sources: &VolumeSources) -> Result<Vec<FileEntry>, String> {
+        let volume = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .and_then(|v| v.first())
+            .cloned()
+            .expect("volume");
+        render(pod, &volume, &ctx(sources)).map(|f| f.expect("rendered"))
+    }
+
+    fn with_token() -> VolumeSources {
+        let mut s = VolumeSources::default();
+        s.add_service_account_token("istio-token", "istio-token", Ok("eyJ.a.b".into()));
+        s
+    }
+
+    #[test]
+    fn service_account_tokens_are_written_with_the_kubelets_modes() {
+        // No common user and no fsGroup: the projected volume's default mode.
+        let plain = token_pod(serde_json::json!({}));
+        assert_eq!(
+            token_files(&plain, &with_token()),
+            Ok(vec![entry("istio-token", b"eyJ.a.b", 0o644)])
+        );
+        let mut custom = plain.clone();
+        if let Some(p) = custom
+            .spec
+            .as_mut()
+            .and_then(|s| s.volumes.as_mut())
+            .and_then(|v| v.first_mut())
+            .and_then(|v| v.projected.as_mut())
+        {
+            p.default_mode = Some(0o440);
+        }
+        assert_eq!(
+            token_files(&custom, &with_token()),
+            Ok(vec![entry("istio-token", b"eyJ.a.b", 0o440)])
+        );
+        // An fsGroup: 0600, opened to the group when ownership is applied.
+        let grouped = token_pod(serde_json::json!({"securityContext": {"fsGroup": 1337}}));
+        assert_eq!(
+            token_files(&grouped, &with_token()),
+            Ok(vec![entry("istio-token", b"eyJ.a.b", 0o600)])
+        );
+        // Every container runs as 1337 (the pod's user for the app): owned by it, 0600.
+        let shared = token_pod(serde_json::json!({"securityContext": {"runAsUser": 1337}}));
+        let files = token_files(&shared, &with_token()).expect("rendered");
+        assert_eq!(files[0].mode, 0o600);
+        assert_eq!(files[0].owner, Some(1337));
+        // Different users: no common owner.
+        let mixed = token_pod(serde_json::json!({"securityContext": {"runAsUser": 1000}}));
+        assert_eq!(
+            token_files(&mixed, &with_token()).expect("rendered")[0].owner,
+            None
+        );
+    }
+
+    #[test]
+    fn missing_tokens_fail_the_mount_with_the_reason() {
+        let pod = token_pod(serde_json::json!({}));
+        assert_eq!(
+            token_files(&pod, &VolumeSources::default()),
+            Err(
+                "failed to fetch token: no API server to request a service account token from"
+                    .into()
+            )
+        );
+        let mut refused = VolumeSources::default();
+        refused.add_service_account_token(
+            "istio-token",
+            "istio-token",
+            Err("serviceaccounts \"web\" not found".into()),
+        );
+        assert_eq!(
+            token_files(&pod, &refused),
+            Err("failed to fetch token: serviceaccounts \"web\" not found".into())
+        );
+        // The token of another volume does not count.
+        let mut elsewhere = VolumeSources::default();
+        elsewhere.add_service_account_token("other", "istio-token", Ok("t".into()));
+        assert!(token_files(&pod, &elsewhere).is_err());
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = prepare(&pod, dir.path(), &ctx(&VolumeSources::default())).expect_err("no token");
+        assert_eq!(
+            err.to_string(),
+            "MountVolume.SetUp failed for volume \"istio-token\" : failed to fetch token: \
+             no API server to request a service account token from"
+        );
+    }
+
+    #[test]
+    fn prepare_writes_tokens_and_opens_them_to_the_fs_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o7777;
+        let file = dir.path().join("istio-token/istio-token");
+
+        prepare(
+            &token_pod(serde_json::json!({})),
+            dir.path(),
+            &ctx(&with_token()),
+        )
+        .expect("prepared");
+        assert_eq!(fs::read(&file).expect("token"), b"eyJ.a.b");
+        assert_eq!(mode(&file), 0o644);
+
+        // Our own group, so that no privilege is needed to hand it over.
+        let gid = rustix::process::getgid().as_raw();
+        let uid = rustix::process::getuid().as_raw();
+        let pod =
+            token_pod(serde_json::json!({"securityContext": {"fsGroup": gid, "runAsUser": uid}}));
+        prepare(&pod, dir.path(), &ctx(&with_token())).expect("prepared");
+        assert_eq!(mode(&file), 0o640);
+        let meta = fs::metadata(&file).expect("meta");
+        assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), gid);
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), uid);
     }
 
     #[test]
