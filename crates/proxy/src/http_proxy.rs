@@ -576,6 +576,9 @@ impl Drop for Completion {
         if !self.emitted {
             // Dropped before the response was complete: the client went away.
             self.flags.insert(ResponseFlags::DC);
+            if self.details.is_none() {
+                self.details = Some("downstream_remote_disconnect");
+            }
             self.finish(false);
         }
     }

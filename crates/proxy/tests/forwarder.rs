@@ -304,3 +304,25 @@ async fn http1_upgrades_are_tunnelled() {
     fwd.terminate();
     assert_eq!(fwd.wait().await, ExitCode::SUCCESS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_early_is_logged_with_dc() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let up = http_upstream("127.0.0.1:0", "slow").await;
+    let fwd = forwarder(up.addr, &log, Encoding::Text).await;
+    let mut s = tokio::net::TcpStream::connect(fwd.local).await.unwrap();
+    s.write_all(b"GET /delay/500 HTTP/1.1\r\nHost: slow\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+    let line = &log_lines(&log, 1).await[0];
+    assert!(
+        line.contains("\"GET /delay/500 HTTP/1.1\" 0 DC downstream_remote_disconnect - \"-\" 0 0 "),
+        "{line}"
+    );
+    fwd.terminate();
+    assert_eq!(fwd.wait().await, ExitCode::SUCCESS);
+}
