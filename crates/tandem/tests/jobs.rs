@@ -2,178 +2,16 @@
 //! (installed into `.venv` by `scripts/test.sh`). Needs root (pods run in namespaces).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
+mod common;
 
-fn kubectl_binary() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("TANDEM_KUBECTL") {
-        return Some(PathBuf::from(path));
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/kubectl");
-    venv.exists().then_some(venv)
-}
+use common::host::HostCluster as Cluster;
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples")
         .join(name)
-}
-
-/// A `tandem up` on a free port with its own data dir, stopped (and its pods with it) on drop.
-struct Cluster {
-    dir: tempfile::TempDir,
-    up: Option<Child>,
-    kubectl: PathBuf,
-}
-
-impl Cluster {
-    fn start() -> Option<Self> {
-        Self::start_with(None)
-    }
-
-    fn start_with(config: Option<&Path>) -> Option<Self> {
-        if !nix::unistd::geteuid().is_root() {
-            assert!(!ci(), "this test needs root (namespaces); CI runs as root");
-            eprintln!("skipping: needs root");
-            return None;
-        }
-        let Some(kubectl) = kubectl_binary() else {
-            assert!(
-                !ci(),
-                "kubectl 1.37 missing: scripts/test.sh installs it into .venv"
-            );
-            eprintln!("skipping: no kubectl in .venv (run scripts/test.sh)");
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tandem"));
-        cmd.args(["up", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-            // Several clusters run at once here; only tests/network.rs needs pod networking.
-            .args(["--pod-network", "none"]);
-        if let Some(config) = config {
-            cmd.arg("--config").arg(config);
-        }
-        let up = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tandem up");
-        let cluster = Cluster {
-            dir,
-            up: Some(up),
-            kubectl,
-        };
-        let start = Instant::now();
-        loop {
-            if cluster.kubeconfig().exists()
-                && cluster.kubectl(&["get", "ns", "default"]).status.success()
-            {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "tandem up did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(cluster)
-    }
-
-    fn kubeconfig(&self) -> PathBuf {
-        self.dir.path().join("data/kubeconfig")
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Output {
-        Command::new(&self.kubectl)
-            .args(args)
-            .env("KUBECONFIG", self.kubeconfig())
-            .env("KUBECACHEDIR", self.dir.path().join("cache"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run kubectl")
-    }
-
-    /// Runs kubectl and returns stdout, failing the test with stderr if it fails.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?} failed ({:?}):\n{}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn apply(&self, yaml: &str) {
-        let file = self.dir.path().join(format!("m{}.yaml", yaml.len()));
-        std::fs::write(&file, yaml).unwrap();
-        self.ok(&["apply", "-f", file.to_str().unwrap()]);
-    }
-
-    /// Waits until `kubectl ARGS` prints `want` (trimmed).
-    fn wait_output(&self, args: &[&str], want: &str) {
-        let start = Instant::now();
-        loop {
-            let out = self.kubectl(args);
-            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-            if text == want {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(40),
-                "kubectl {args:?} never printed {want:?} (last: {text:?}, {})",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Names of the pods with label selector `selector` (in `namespace`).
-    fn pods(&self, namespace: &str, selector: &str) -> Vec<String> {
-        self.ok(&[
-            "get",
-            "pods",
-            "-n",
-            namespace,
-            "-l",
-            selector,
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ])
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_tandem"))
-            .args(["down", "--data-dir"])
-            .arg(self.dir.path().join("data"))
-            .stdout(Stdio::null())
-            .status();
-        if let Some(mut up) = self.up.take() {
-            let _ = up.kill();
-            let _ = up.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -222,7 +60,7 @@ fn a_parallel_job_runs_each_pod_once_and_kills_none() {
     // A finished pod must never be started again by a watch event that lags behind its
     // final status, and the controller must never see more pods than it asked for.
     let Some(c) = Cluster::start() else { return };
-    c.apply(
+    c.apply_ok(
         r#"
 apiVersion: batch/v1
 kind: Job
@@ -286,7 +124,7 @@ spec:
 #[test]
 fn a_failing_job_stops_at_its_backoff_limit() {
     let Some(c) = Cluster::start() else { return };
-    c.apply(
+    c.apply_ok(
         r#"
 apiVersion: batch/v1
 kind: Job
@@ -327,7 +165,7 @@ const TEAM: &str = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n";
 #[test]
 fn deleting_a_namespace_deletes_everything_in_it() {
     let Some(c) = Cluster::start() else { return };
-    c.apply(TEAM);
+    c.apply_ok(TEAM);
     // Every active namespace gets a default service account.
     c.wait_output(
         &[
@@ -341,7 +179,7 @@ fn deleting_a_namespace_deletes_everything_in_it() {
         ],
         "serviceaccount/default",
     );
-    c.apply(
+    c.apply_ok(
         r#"
 apiVersion: v1
 kind: ConfigMap
@@ -390,7 +228,7 @@ spec:
         String::from_utf8_lossy(&out.stderr)
     );
     // Recreated, it starts empty (but for its new default account).
-    c.apply(TEAM);
+    c.apply_ok(TEAM);
     let left = c.ok(&["get", "configmaps,jobs,pods", "-n", "team", "-o", "name"]);
     assert_eq!(left.trim(), "");
 }
@@ -398,7 +236,7 @@ spec:
 #[test]
 fn deleting_a_job_deletes_its_pods_in_the_background() {
     let Some(c) = Cluster::start() else { return };
-    c.apply(LONG_JOB);
+    c.apply_ok(LONG_JOB);
     c.wait_output(
         &[
             "get",
@@ -437,7 +275,7 @@ spec:
 #[test]
 fn deleting_a_job_with_cascade_orphan_leaves_its_pods() {
     let Some(c) = Cluster::start() else { return };
-    c.apply(LONG_JOB);
+    c.apply_ok(LONG_JOB);
     c.wait_output(
         &[
             "get",
