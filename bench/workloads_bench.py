@@ -375,17 +375,17 @@ def leftovers(data):
 
 
 def stop(tandem, up, data):
+    # `tandem down` stops every pod, then the server, then removes the pod network.
     if up.poll() is None:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            print("tandem up did not stop within 120 s of SIGTERM; killing it", flush=True)
-            up.kill()
-            up.wait()
+        down = subprocess.run([tandem, "down", "--data-dir", data], capture_output=True, text=True, timeout=300)
+        print(f"tandem down: exit {down.returncode} {down.stderr.strip()[:200]}", flush=True)
+    try:
+        up.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        print("tandem up did not stop within 120 s of tandem down; killing it", flush=True)
+        up.kill()
+        up.wait()
     print(f"tandem up exited with {up.returncode}", flush=True)
-    down = subprocess.run([tandem, "down", "--data-dir", data], capture_output=True, text=True, timeout=300)
-    print(f"tandem down (after up's own exit): exit {down.returncode} {down.stderr.strip()[:200]}", flush=True)
     left = leftovers(data)
     if left:
         print(f"leftover processes after down: {left}; killing them", flush=True)
