@@ -8,7 +8,7 @@
 //!   `<a-b-c-d>.<ns>.pod.<domain>`, and PTR for service and endpoint addresses. Other names
 //!   go to the [`Upstream`] servers (2 s, then SERVFAIL; NXDOMAIN when there are none).
 //! * [`watch`] keeps a handle current from the API server.
-//! * [`resolv_conf`] and [`hosts_file`] give the per-pod files the kubelet writes.
+//! * [`resolv_conf`] gives the per-pod resolv.conf the kubelet writes.
 #![forbid(unsafe_code)]
 
 mod files;
@@ -21,7 +21,7 @@ mod zone;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-pub use files::{hosts_file, resolv_conf};
+pub use files::resolv_conf;
 pub use forward::{DEFAULT_TIMEOUT, Upstream};
 pub use records::{
     EndpointRecord, Port, Records, SERVICE_NAME_LABEL, ServiceKind, ServiceRecord, dashed,

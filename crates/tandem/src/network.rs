@@ -84,20 +84,17 @@ pub async fn start(data_dir: &Path, pods_dir: &Path) -> anyhow::Result<Arc<Clust
 
 /// Starts the service proxy and cluster DNS; they stop with `shutdown`.
 pub async fn spawn_services(
+    data_dir: &Path,
     client: kube::Client,
     gateway: Ipv4Addr,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let proxy_shutdown = shutdown.clone();
     let proxy_client = client.clone();
+    // The service proxy's table and bridge are the pod network's, from one config.
+    let proxy_config = net::services::ProxyConfig::from(&config(data_dir));
     tokio::spawn(async move {
-        if let Err(err) = net::services::run(
-            proxy_client,
-            net::services::ProxyConfig::default(),
-            proxy_shutdown,
-        )
-        .await
-        {
+        if let Err(err) = net::services::run(proxy_client, proxy_config, proxy_shutdown).await {
             tracing::error!(%err, "service proxy stopped");
         }
     });

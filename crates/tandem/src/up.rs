@@ -181,7 +181,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     tokio::spawn(injector.follow(client.clone(), shutdown.clone()));
     let controllers = controllers::spawn_all(client.clone(), crate::node_name(), shutdown.clone());
     if let Some(gateway) = gateway {
-        crate::network::spawn_services(client.clone(), gateway, shutdown.clone()).await?;
+        crate::network::spawn_services(&data_dir, client.clone(), gateway, shutdown.clone())
+            .await?;
         crate::network::seed_services(&client, gateway)
             .await
             .context("creating the kubernetes and kube-dns Services")?;
