@@ -1,5 +1,5 @@
 //! HTTP proxying (HTTP/1.1 and h2c, same protocol upstream as downstream): routing, Istio's
-//! default retry policy for connect failures, Envoy's local replies and response headers, and
+//! default retry policy, Envoy's local replies and response headers, and
 //! one access-log line plus metrics per request, written when the last response byte has
 //! left (or the client went away).
 
@@ -33,6 +33,7 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_ENVOY_ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName =
     HeaderName::from_static("x-envoy-upstream-service-time");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -179,6 +180,10 @@ pub async fn handle(
     done.req_bytes = counter.clone();
     let mut req = Request::from_parts(parts, ReqBody::new(body, counter));
 
+    // A bodiless request can be sent again as it is; one with a body only while the body
+    // has not left (connect failures), as nothing here buffers bodies.
+    let replay = req.body().is_end_stream().then(|| Replay::of(&req));
+
     let mut tried = [conn.local; MAX_ATTEMPTS];
     for attempt in 0..MAX_ATTEMPTS {
         let Some(ep) = cluster.pick(conn.local, &tried[..attempt]) else {
@@ -194,24 +199,52 @@ pub async fn handle(
             addr: ep,
             bind: cluster.bind,
         };
+        let last = attempt + 1 == MAX_ATTEMPTS;
         let sent_at = Instant::now();
         match send(key, conn.h2, req, conn.shared.connect_timeout).await {
             Sent::Response(resp, local, h1) => {
+                let grpc_status = resp.headers().get(&GRPC_STATUS).map(|v| v.as_bytes());
+                let retriable = retriable_response(resp.status().as_u16(), grpc_status);
+                if let Some(replay) = replay.as_ref().filter(|_| retriable) {
+                    if !last {
+                        // The answer is dropped unread, and its connection with it.
+                        drop((resp, h1));
+                        conn.shared.metrics.retried(&cluster.name);
+                        req = replay.request();
+                        backoff(attempt).await;
+                        continue;
+                    }
+                    done.flags.insert(ResponseFlags::URX);
+                }
                 done.upstream_local = Some(local);
                 done.upstream_time = Some(sent_at.elapsed().as_millis() as u64);
                 return Ok(respond(done, resp, h1, downstream_upgrade));
             }
             Sent::ConnectFailed(back) => {
                 conn.shared.metrics.connect_failed(&cluster.name);
-                if attempt + 1 < MAX_ATTEMPTS {
+                if !last {
                     conn.shared.metrics.retried(&cluster.name);
+                    backoff(attempt).await;
                 }
                 req = back;
             }
             Sent::Failed(err, local) => {
                 tracing::debug!(%err, upstream = %ep, "upstream request failed");
-                done.upstream_local = local;
                 let (flag, details) = classify_reset(&err);
+                let refused = is_refused_stream(&err);
+                if refused
+                    && !last
+                    && let Some(replay) = &replay
+                {
+                    conn.shared.metrics.retried(&cluster.name);
+                    req = replay.request();
+                    backoff(attempt).await;
+                    continue;
+                }
+                done.upstream_local = local;
+                if refused && replay.is_some() {
+                    done.flags.insert(ResponseFlags::URX);
+                }
                 return Ok(local_reply(
                     done,
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -229,6 +262,66 @@ pub async fn handle(
         "upstream_reset_before_response_started{connection_failure}",
         BODY_CONNECT_FAILURE,
     ))
+}
+
+/// Istio's default `retryOn` for a response: `retriable-status-codes` (503),
+/// `unavailable` (gRPC 14) and `cancelled` (gRPC 1). `connect-failure` and `refused-stream`
+/// are decided where the attempt failed.
+fn retriable_response(status: u16, grpc_status: Option<&[u8]>) -> bool {
+    status == 503 || matches!(grpc_status, Some(b"14" | b"1"))
+}
+
+/// Envoy's default retry back-off: the n-th retry waits a random time up to
+/// `(2^n - 1) x 25 ms`, at most 250 ms.
+fn retry_backoff(retry: u32, unit: f64) -> Duration {
+    const BASE: Duration = Duration::from_millis(25);
+    const MAX: Duration = Duration::from_millis(250);
+    let factor = (1u32 << retry.min(8)) - 1;
+    (BASE * factor).min(MAX).mul_f64(unit.clamp(0.0, 1.0))
+}
+
+async fn backoff(attempt: usize) {
+    tokio::time::sleep(retry_backoff(attempt as u32 + 1, fastrand::f64())).await;
+}
+
+/// An HTTP/2 stream the upstream refused (`REFUSED_STREAM`): it was not processed.
+fn is_refused_stream(err: &hyper::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The head of a bodiless request, kept to send it again.
+struct Replay {
+    method: Method,
+    uri: http::Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(req: &Request<ReqBody>) -> Self {
+        Self {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    fn request(&self) -> Request<ReqBody> {
+        let mut req = Request::new(ReqBody::empty());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
 }
 
 fn classify_reset(err: &hyper::Error) -> (ResponseFlags, &'static str) {
@@ -691,6 +784,29 @@ impl Drop for RespBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn istio_default_retry_conditions() {
+        assert!(retriable_response(503, None));
+        assert!(retriable_response(200, Some(b"14")));
+        assert!(retriable_response(200, Some(b"1")));
+        assert!(!retriable_response(200, Some(b"0")));
+        assert!(!retriable_response(502, None));
+        assert!(!retriable_response(500, None));
+        assert!(!retriable_response(200, None));
+    }
+
+    #[test]
+    fn retry_backoff_is_envoys_jittered_exponential() {
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(ms(retry_backoff(1, 1.0)), 25);
+        assert_eq!(ms(retry_backoff(2, 1.0)), 75);
+        assert_eq!(ms(retry_backoff(3, 1.0)), 175);
+        assert_eq!(ms(retry_backoff(4, 1.0)), 250, "capped at 10x the base");
+        assert_eq!(ms(retry_backoff(40, 1.0)), 250);
+        assert_eq!(ms(retry_backoff(2, 0.0)), 0);
+        assert_eq!(ms(retry_backoff(2, 0.5)), 37);
+    }
 
     #[test]
     fn request_ids_are_v4_uuids() {

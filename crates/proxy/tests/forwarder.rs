@@ -197,6 +197,91 @@ async fn refused_upstream_gives_503_after_three_attempts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_503_is_retried_twice_then_passed_on_with_urx() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let up = http_upstream("127.0.0.1:0", "backend").await;
+    let fwd = forwarder(up.addr, &log, Encoding::Text).await;
+    let got = get(fwd.local, "backend", "/status/503").await;
+    assert_eq!(got.status, 503);
+    assert_eq!(got.text(), "status 503\n", "the upstream's own answer");
+    assert_eq!(up.hits(), 3, "1 attempt + 2 retries");
+    let attempts: Vec<_> = up
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.attempt.clone())
+        .collect();
+    assert_eq!(
+        attempts,
+        ["1", "2", "3"].map(|a| Some(a.to_owned())),
+        "x-envoy-attempt-count"
+    );
+    let line = &log_lines(&log, 1).await[0];
+    assert!(
+        line.contains("\"GET /status/503 HTTP/1.1\" 503 URX via_upstream "),
+        "{line}"
+    );
+    let text = get(fwd.stats.unwrap(), "stats", "/stats/prometheus")
+        .await
+        .text();
+    assert_eq!(
+        sample(&text, "envoy_cluster_upstream_rq_retry", &[]),
+        Some(2.0),
+        "{text}"
+    );
+    fwd.terminate();
+    assert_eq!(fwd.wait().await, ExitCode::SUCCESS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_503_is_hidden_by_a_retry() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let up = http_upstream("127.0.0.1:0", "backend").await;
+    let fwd = forwarder(up.addr, &log, Encoding::Text).await;
+    let got = get(fwd.local, "backend", "/fail-first/1").await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(up.hits(), 2);
+    assert_eq!(up.last().attempt.as_deref(), Some("2"));
+    let line = &log_lines(&log, 1).await[0];
+    assert!(line.contains("\" 200 - via_upstream "), "{line}");
+    fwd.terminate();
+    assert_eq!(fwd.wait().await, ExitCode::SUCCESS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_a_body_is_not_resent_after_a_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let up = http_upstream("127.0.0.1:0", "backend").await;
+    let fwd = forwarder(up.addr, &log, Encoding::Text).await;
+    let got = h1_with_body(
+        fwd.local,
+        "POST",
+        "backend",
+        "/status/503",
+        &[],
+        bytes::Bytes::from_static(b"payload"),
+    )
+    .await;
+    assert_eq!(got.status, 503);
+    assert_eq!(
+        up.hits(),
+        1,
+        "the body has gone upstream once and is not kept"
+    );
+    let line = &log_lines(&log, 1).await[0];
+    assert!(
+        line.contains("\"POST /status/503 HTTP/1.1\" 503 - via_upstream "),
+        "{line}"
+    );
+    fwd.terminate();
+    assert_eq!(fwd.wait().await, ExitCode::SUCCESS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_lets_an_inflight_tcp_connection_finish() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("access.log");

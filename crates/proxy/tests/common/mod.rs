@@ -28,6 +28,8 @@ pub struct Seen {
     pub request_id: Option<String>,
     pub host: Option<String>,
     pub version: Option<http::Version>,
+    /// `x-envoy-attempt-count`.
+    pub attempt: Option<String>,
 }
 
 /// A test HTTP server (HTTP/1.1 and h2c on the same port).
@@ -75,6 +77,7 @@ async fn answer(
         request_id: header("x-request-id"),
         host: header("host").or_else(|| req.uri().authority().map(|a| a.to_string())),
         version: Some(req.version()),
+        attempt: header("x-envoy-attempt-count"),
     });
     let path = req.uri().path().to_owned();
     if req.headers().contains_key("upgrade") {
@@ -109,7 +112,16 @@ async fn answer(
         let ms: u64 = ms.parse().unwrap_or(0);
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
-    let mut resp = if let Some(code) = path.strip_prefix("/status/") {
+    // `/fail-first/N`: 503 until the server has seen more than N requests.
+    let failing = path
+        .strip_prefix("/fail-first/")
+        .and_then(|n| n.parse::<usize>().ok())
+        .is_some_and(|n| hits.load(Ordering::SeqCst) <= n);
+    let mut resp = if failing {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"try again\n")));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r
+    } else if let Some(code) = path.strip_prefix("/status/") {
         let code: u16 = code.parse().unwrap_or(500);
         let mut r = Response::new(Full::new(Bytes::from(format!("status {code}\n"))));
         *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -236,6 +248,18 @@ pub async fn h1(
     path: &str,
     headers: &[(&str, &str)],
 ) -> Got {
+    h1_with_body(addr, method, host, path, headers, Bytes::new()).await
+}
+
+/// One HTTP/1.1 request with a body on a new connection.
+pub async fn h1_with_body(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Got {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -250,7 +274,7 @@ pub async fn h1(
         req = req.header(*k, *v);
     }
     let resp = tx
-        .send_request(req.body(Full::new(Bytes::new())).unwrap())
+        .send_request(req.body(Full::new(body)).unwrap())
         .await
         .unwrap();
     let status = resp.status();
