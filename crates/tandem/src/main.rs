@@ -79,6 +79,24 @@ fn main() -> ExitCode {
     {
         return capture::cli_main(&argv[3..]);
     }
+    // Installed (or linked) as `istioctl`, tandem takes istioctl's mesh commands, so the
+    // blog's `istioctl install --set ...` runs unchanged.
+    let invoked_as = std::path::Path::new(argv.first().map_or("", String::as_str))
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if invoked_as == "istioctl" {
+        return match Istioctl::parse().command {
+            IstioctlCommand::Install(args) => run_async(mesh::install::run_install(args)),
+            IstioctlCommand::Uninstall { args, purge: _ } => {
+                run_async(mesh::install::run_uninstall(args))
+            }
+            IstioctlCommand::Version => {
+                println!("client version: tandem {}", env!("CARGO_PKG_VERSION"));
+                ExitCode::SUCCESS
+            }
+        };
+    }
     let cli = Cli::parse();
     match cli.command {
         // The helpers fork and enter namespaces: they must stay single-threaded, so they
@@ -98,6 +116,34 @@ fn main() -> ExitCode {
         // Capture changes the calling thread's network namespace view: no runtime needed.
         Command::Mesh(MeshCommand::Capture { args }) => capture::cli_main(&args),
     }
+}
+
+/// `istioctl`'s commands that tandem provides (multi-call: the binary named `istioctl`).
+#[derive(Parser)]
+#[command(
+    name = "istioctl",
+    version,
+    about = "tandem's mesh, with istioctl's command names"
+)]
+struct Istioctl {
+    #[command(subcommand)]
+    command: IstioctlCommand,
+}
+
+#[derive(Subcommand)]
+enum IstioctlCommand {
+    /// `tandem mesh install`.
+    Install(mesh::install::InstallArgs),
+    /// `tandem mesh uninstall`.
+    Uninstall {
+        #[command(flatten)]
+        args: mesh::install::UninstallArgs,
+        /// Remove everything (the only kind of uninstall there is).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Print the version.
+    Version,
 }
 
 fn run_async(fut: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {

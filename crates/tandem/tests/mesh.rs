@@ -12,16 +12,24 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, example};
 
+/// The blog's install command, unchanged, run by tandem linked as `./istioctl`.
 fn install(c: &Cluster, native: bool) {
+    let dir = c.data().with_file_name("bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let istioctl = dir.join("istioctl");
+    if !istioctl.exists() {
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_tandem"), &istioctl).unwrap();
+    }
     let out =
-        c.ns.command(env!("CARGO_BIN_EXE_tandem"))
-            .args(["mesh", "install", "--set"])
+        c.ns.command("./istioctl")
+            .current_dir(&dir)
+            .args(["install", "--set"])
             .arg(format!("values.pilot.env.ENABLE_NATIVE_SIDECARS={native}"))
             .args(["-y", "--set", "meshConfig.accessLogFile=/dev/stdout"])
             .env("KUBECONFIG", c.data().join("kubeconfig"))
             .stdin(Stdio::null())
             .output()
-            .expect("tandem mesh install");
+            .expect("./istioctl install");
     assert!(out.status.success(), "mesh install: {out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("Installation complete"),
