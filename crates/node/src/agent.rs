@@ -3,6 +3,9 @@
 //! through `pods/status`, Events) like a kubelet. It only talks to the API, so it could run
 //! on another machine than the server.
 //!
+//! While a pod runs, its configMap, secret, projected and downwardAPI volumes are kept up
+//! to date and its projected tokens renewed (see `refresher`).
+//!
 //! Pods outlive the agent. When it starts again, each pod's worker takes over what runs
 //! (see the worker), and once the first list of pods is in, the state of pods that are
 //! not running any more or that the API no longer knows is removed.
@@ -26,6 +29,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::runtime::watcher;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+mod refresh;
+mod refresher;
+
+pub use refresh::RENEWAL_FRACTION_ENV;
+use refresh::TokenLease;
 
 use crate::planner::{BackoffConfig, Event};
 use crate::runtime::{ProcessRuntime, RuntimeConfig, VolumeSources};
@@ -108,6 +117,8 @@ pub struct Agent {
     client: kube::Client,
     runtime: ProcessRuntime,
     logs: NodeLogs,
+    /// When projected tokens are renewed (see [`RENEWAL_FRACTION_ENV`]).
+    renewal_fraction: f64,
 }
 
 impl Agent {
@@ -120,11 +131,18 @@ impl Agent {
             runtime: runtime.clone(),
             live: Arc::default(),
         };
+        let setting = std::env::var(RENEWAL_FRACTION_ENV).ok();
+        let renewal_fraction =
+            refresh::renewal_fraction(setting.as_deref()).unwrap_or_else(|err| {
+                tracing::warn!("{err}; using {}", refresh::RENEWAL_FRACTION);
+                refresh::RENEWAL_FRACTION
+            });
         Self {
             config,
             client,
             runtime,
             logs,
+            renewal_fraction,
         }
     }
 
@@ -161,6 +179,10 @@ impl Agent {
         let watch_config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let mut stream = watcher(pods, watch_config).boxed();
         let mut workers: BTreeMap<String, PodHandle> = BTreeMap::new();
+        // Pods with volumes kept up to date while they run, and the watches that feed
+        // them (started with the first such pod).
+        let mut refreshers: BTreeMap<String, refresher::RefreshHandle> = BTreeMap::new();
+        let mut source_cache: Option<Arc<refresher::SourceCache>> = None;
         // Pods whose worker has finished, until the API forgets them: a watch event that
         // lags behind the final status must not start such a pod again.
         let mut finished: HashSet<String> = HashSet::new();
@@ -185,6 +207,9 @@ impl Agent {
                             seen.insert(uid.clone());
                         }
                         if let Some(handle) = workers.get(&uid) {
+                            if let Some(refresher) = refreshers.get(&uid) {
+                                refresher.update(&pod);
+                            }
                             if pod.metadata.deletion_timestamp.is_some() {
                                 let grace = pod.metadata.deletion_grace_period_seconds
                                     .and_then(|g| u32::try_from(g).ok());
@@ -210,14 +235,27 @@ impl Agent {
                             }
                             continue;
                         }
-                        let sources = Arc::new(fetch_sources(&self.client, &pod).await);
+                        let (sources, leases) = fetch_sources(&self.client, &pod).await;
+                        let sources = Arc::new(sources);
                         let handle = spawn_pod(
                             self.runtime.clone(),
                             worker_config.clone(),
-                            sources,
+                            sources.clone(),
                             sink.clone(),
                             pod.clone(),
                         );
+                        if !refresh::refreshable_volumes(&pod).is_empty() {
+                            let cache = source_cache
+                                .get_or_insert_with(|| {
+                                    refresher::SourceCache::start(&self.client, &shutdown)
+                                })
+                                .clone();
+                            let refresh = self.pod_refresh(cache, sink.clone(), sources, leases);
+                            let stop = shutdown.child_token();
+                            let status = handle.watch();
+                            let started = refresher::spawn(refresh, pod.clone(), status, stop);
+                            refreshers.insert(uid.clone(), started);
+                        }
                         if pod.metadata.deletion_timestamp.is_some() {
                             handle.delete(pod.metadata.deletion_grace_period_seconds
                                 .and_then(|g| u32::try_from(g).ok()));
@@ -252,6 +290,7 @@ impl Agent {
                     if let Update::Finished(pod) = &update
                         && let Some(uid) = pod.metadata.uid.clone()
                     {
+                        refreshers.remove(&uid);
                         finished.insert(uid);
                     }
                     self.write(update, &mut workers).await;
@@ -260,6 +299,29 @@ impl Agent {
         }
         heartbeat.abort();
         Ok(())
+    }
+
+    /// What the refresher of a pod started with `sources` works with.
+    fn pod_refresh(
+        &self,
+        cache: Arc<refresher::SourceCache>,
+        sink: Arc<dyn PodSink>,
+        sources: Arc<VolumeSources>,
+        leases: BTreeMap<(String, String), TokenLease>,
+    ) -> refresher::PodRefresh {
+        let client = self.client.clone();
+        refresher::PodRefresh {
+            runtime: self.runtime.clone(),
+            cache,
+            sink,
+            request_token: Arc::new(move |pod, projection| {
+                let client = client.clone();
+                Box::pin(async move { request_token(&client, &pod, &projection).await })
+            }),
+            renewal_fraction: self.renewal_fraction,
+            sources,
+            leases,
+        }
     }
 
     async fn write(&self, update: Update, workers: &mut BTreeMap<String, PodHandle>) {
@@ -518,37 +580,47 @@ fn service_account_of(pod: &Pod) -> &str {
         .unwrap_or("default")
 }
 
-/// ConfigMaps and Secrets the pod's volumes and env refer to, and a token for each
-/// `serviceAccountToken` projection, read once at pod start.
-async fn fetch_sources(client: &kube::Client, pod: &Pod) -> VolumeSources {
+/// Requests the token of a `serviceAccountToken` projection; the API server's message
+/// when it refuses.
+async fn request_token(
+    client: &kube::Client,
+    pod: &Pod,
+    projection: &ServiceAccountTokenProjection,
+) -> Result<(String, TokenLease), String> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
-    let mut config_maps = HashSet::new();
-    let mut secrets = HashSet::new();
-    let mut tokens = Vec::new();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let answer = accounts
+        .create_token_request(
+            service_account_of(pod),
+            &PostParams::default(),
+            &token_request(pod, projection),
+        )
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(status) => status.message,
+            other => other.to_string(),
+        })?;
+    let granted = answer.spec.expiration_seconds;
+    let status = answer
+        .status
+        .filter(|s| !s.token.is_empty())
+        .ok_or_else(|| "the API server returned no token".to_owned())?;
+    let lease = TokenLease::from_answer(status.expiration_timestamp.0, granted);
+    Ok((status.token, lease))
+}
+
+/// ConfigMaps and Secrets the pod's volumes and env refer to, and a token for each
+/// `serviceAccountToken` projection (with when it was issued and expires), read at pod
+/// start; the refresher keeps the volumes up to date afterwards.
+async fn fetch_sources(
+    client: &kube::Client,
+    pod: &Pod,
+) -> (VolumeSources, BTreeMap<(String, String), TokenLease>) {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let refs = refresh::volume_refs(pod);
+    let mut config_maps: HashSet<String> = refs.config_maps.into_iter().collect();
+    let mut secrets: HashSet<String> = refs.secrets.into_iter().collect();
     if let Some(spec) = &pod.spec {
-        for volume in spec.volumes.iter().flatten() {
-            if let Some(cm) = &volume.config_map {
-                config_maps.insert(cm.name.clone());
-            }
-            if let Some(secret) = volume.secret.as_ref().and_then(|s| s.secret_name.clone()) {
-                secrets.insert(secret);
-            }
-            let projections = volume
-                .projected
-                .iter()
-                .flat_map(|p| p.sources.iter().flatten());
-            for source in projections {
-                if let Some(cm) = &source.config_map {
-                    config_maps.insert(cm.name.clone());
-                }
-                if let Some(secret) = &source.secret {
-                    secrets.insert(secret.name.clone());
-                }
-                if let Some(projection) = &source.service_account_token {
-                    tokens.push((volume.name.clone(), projection.clone()));
-                }
-            }
-        }
         let containers = spec
             .init_containers
             .iter()
@@ -588,30 +660,17 @@ async fn fetch_sources(client: &kube::Client, pod: &Pod) -> VolumeSources {
             sources.add_secret(secret);
         }
     }
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let account = service_account_of(pod);
-    for (volume, projection) in tokens {
-        let outcome = accounts
-            .create_token_request(
-                account,
-                &PostParams::default(),
-                &token_request(pod, &projection),
-            )
+    let mut leases = BTreeMap::new();
+    for (volume, projection) in refs.tokens {
+        let outcome = request_token(client, pod, &projection)
             .await
-            .map_err(|e| match e {
-                kube::Error::Api(status) => status.message,
-                other => other.to_string(),
-            })
-            .and_then(|answer| {
-                answer
-                    .status
-                    .map(|s| s.token)
-                    .filter(|t| !t.is_empty())
-                    .ok_or_else(|| "the API server returned no token".to_owned())
+            .map(|(token, lease)| {
+                leases.insert((volume.clone(), projection.path.clone()), lease);
+                token
             });
         sources.add_service_account_token(&volume, &projection.path, outcome);
     }
-    sources
+    (sources, leases)
 }
 
 /// Creates or refreshes this machine's `Node` object.

@@ -8,7 +8,9 @@
 //! ```text
 //! <root>/pods/<uid>/sandbox.json              pid + start time + namespace ids
 //! <root>/pods/<uid>/created-paths             mount points created on the host
-//! <root>/pods/<uid>/volumes/<volume>/         emptyDir, configMap, secret, downwardAPI
+//! <root>/pods/<uid>/volumes/<volume>/         emptyDir, configMap, secret, downwardAPI,
+//!                                             projected (those four as the kubelet's atomic
+//!                                             writer lays them out: `..data` -> `..<time>/`)
 //! <root>/pods/<uid>/containers/<name>/<n>/    config.json, status.json, ctl (FIFO), shim.log
 //! <log_root>/<namespace>_<pod>_<uid>/<name>/<n>.log   CRI-format log of instance n
 //! ```
@@ -29,6 +31,7 @@ mod state;
 mod sys;
 mod volumes;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{IpAddr, Ipv4Addr};
@@ -48,6 +51,7 @@ pub use resolve::{
     ContainerSpec, DEFAULT_PATH, MountSpec, ResolveContext, UserSpec, VolumeSources, builtin_tool,
     expand,
 };
+pub use volumes::VolumeWrite;
 
 use crate::access::ContainerAccess;
 use crate::planner::Exited;
@@ -273,6 +277,9 @@ struct Inner {
     /// Exits of instances whose state directory `stop_sandbox` removed, for waiters that
     /// read them afterwards (kept for [`GRAVEYARD_TTL`]).
     graveyard: Mutex<Vec<(PathBuf, ExitInfo, Instant)>>,
+    /// Per pod: held while its volume directories are written or removed, so that a
+    /// refresh never races the pod's removal (and never brings a removed directory back).
+    volume_locks: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
 }
 
 const GRAVEYARD_TTL: Duration = Duration::from_secs(600);
@@ -415,6 +422,7 @@ impl ProcessRuntime {
                 cfg,
                 network: OnceLock::new(),
                 graveyard: Mutex::new(Vec::new()),
+                volume_locks: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -453,6 +461,17 @@ impl ProcessRuntime {
 
     pub(crate) fn pod_dir(&self, uid: &str) -> PathBuf {
         self.inner.cfg.root.join("pods").join(uid)
+    }
+
+    /// The lock of the pod's volume directories (see `Inner::volume_locks`).
+    fn volume_lock(&self, uid: &str) -> Arc<Mutex<()>> {
+        self.inner
+            .volume_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(uid.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// `<log_root>/<namespace>_<pod>_<uid>`: the logs of all containers of a pod.
@@ -660,7 +679,17 @@ impl ProcessRuntime {
             }
         }
         remove_created_paths(&self.inner.cfg.root, &pod_dir);
-        match fs::remove_dir_all(&pod_dir) {
+        let lock = self.volume_lock(&sb.uid);
+        let removed = {
+            let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+            fs::remove_dir_all(&pod_dir)
+        };
+        self.inner
+            .volume_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&sb.uid);
+        match removed {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 Err(io_error(format!("removing {}", pod_dir.display()))(e))
             }
@@ -678,7 +707,46 @@ impl ProcessRuntime {
     ) -> Result<(), RuntimeError> {
         check_name("pod uid", &sb.uid)?;
         let ctx = ResolveContext::new("", sources);
+        let lock = self.volume_lock(&sb.uid);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
         volumes::prepare(pod, &self.pod_dir(&sb.uid).join("volumes"), &ctx)
+    }
+
+    /// Writes the named volumes of a running pod again from `sources` (configMap, secret,
+    /// downwardAPI and projected volumes, in the kubelet's atomic writer layout, so that
+    /// the containers see the new set of files at once). Blocking file I/O: call it off
+    /// the async workers. A volume whose directory is gone (the pod was removed) is left
+    /// alone and reported as [`VolumeWrite::Missing`].
+    pub fn refresh_volumes(
+        &self,
+        pod: &Pod,
+        names: &[String],
+        sources: &VolumeSources,
+    ) -> Vec<(String, Result<VolumeWrite, RuntimeError>)> {
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        if check_name("pod uid", uid).is_err() {
+            let invalid = || RuntimeError::InvalidName {
+                what: "pod uid",
+                value: uid.to_owned(),
+            };
+            return names.iter().map(|n| (n.clone(), Err(invalid()))).collect();
+        }
+        let ctx = ResolveContext::new("", sources);
+        let volumes_dir = self.pod_dir(uid).join("volumes");
+        if !volumes_dir.is_dir() {
+            // Not set up, or removed with the pod (whose lock is gone with it).
+            let missing = |n: &String| (n.clone(), Ok(VolumeWrite::Missing));
+            return names.iter().map(missing).collect();
+        }
+        let lock = self.volume_lock(uid);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        names
+            .iter()
+            .map(|name| {
+                let written = volumes::refresh(pod, &volumes_dir, name, &ctx);
+                (name.clone(), written)
+            })
+            .collect()
     }
 
     /// Resolves container `c` of `pod`; errors are `CreateContainerConfigError`s.

@@ -2,6 +2,11 @@
 //! `projected` files (service account tokens included) rendered as the kubelet does,
 //! and `hostPath` type checks with the kubelet's messages. Containers get them through
 //! bind mounts made by the shim.
+//!
+//! Rendered volumes are written in the kubelet's atomic writer layout (see [`DATA_LINK`])
+//! so that they can be updated while containers run: the shim bind-mounts the volume
+//! directory, which shows the swap of `..data`, while a `subPath` mount holds the file
+//! it was given and keeps the old content, as in Kubernetes.
 
 use std::fs;
 use std::io;
@@ -336,6 +341,16 @@ pub(crate) fn render(
             bad.path
         ));
     }
+    // Names starting with `..` belong to the atomic writer (`..data`), as in the kubelet.
+    if let Some(bad) = files
+        .iter()
+        .find(|f| top_level(&f.path).is_some_and(|t| t.starts_with("..")))
+    {
+        return Err(format!(
+            "invalid path {:?}: must not start with '..'",
+            bad.path
+        ));
+    }
     Ok(Some(files))
 }
 
@@ -395,30 +410,238 @@ pub(crate) fn check_host_path(path: &Path, kind: Option<&str>) -> Result<(), Str
     }
 }
 
-/// Replaces the contents of `dir` (not `dir` itself, which may be bind-mounted already)
-/// with `files`.
-pub(crate) fn write_files(dir: &Path, files: &[FileEntry]) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            fs::remove_dir_all(entry.path())?;
-        } else {
-            fs::remove_file(entry.path())?;
+/// The kubelet's atomic writer layout: the files live in a timestamped directory
+/// (`..2006_01_02_15_04_05.<n>`), `..data` is a symlink to it, and each top-level name of
+/// the payload is a symlink into `..data`. An update writes a new timestamped directory and
+/// swaps `..data` with one rename, so a reader (the container sees the volume directory
+/// through a bind mount, which shows renames inside it) never sees a half-written set.
+pub(crate) const DATA_LINK: &str = "..data";
+const DATA_LINK_TMP: &str = "..data_tmp";
+const LINK_TMP: &str = "..link_tmp";
+
+/// How [`write_atomic`] treats what is already in the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteMode {
+    /// Volume setup (before containers start): creates the directory, always writes, and
+    /// removes everything that is not part of the new payload.
+    Setup,
+    /// An update of a mounted volume: the directory must exist, an unchanged payload is
+    /// not written again, and only names of the previous payload are removed (as the
+    /// kubelet, which leaves what others created there, such as `subPath` directories).
+    Update,
+}
+
+/// What [`write_atomic`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeWrite {
+    Written,
+    /// The payload on disk is the same: nothing was written.
+    Unchanged,
+    /// An update of a volume whose directory is not there (not set up yet, or removed
+    /// with its pod): nothing was written.
+    Missing,
+}
+
+/// The first path component of a payload path (the name visible at the top).
+fn top_level(path: &str) -> Option<&str> {
+    Path::new(path).components().find_map(|c| match c {
+        std::path::Component::Normal(name) => name.to_str(),
+        _ => None,
+    })
+}
+
+/// Regular files under `dir`, as sorted relative paths.
+fn payload_paths(dir: &Path) -> io::Result<Vec<String>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(root, &entry.path(), out)?;
+            } else if kind.is_file()
+                && let Ok(rel) = entry.path().strip_prefix(root)
+            {
+                out.push(rel.to_string_lossy().into_owned());
+            }
         }
+        Ok(())
     }
-    for f in files {
-        let path = dir.join(&f.path);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)?;
-        }
-        fs::write(&path, &f.data)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(f.mode))?;
-        if let Some(uid) = f.owner {
-            std::os::unix::fs::lchown(&path, Some(uid), None)?;
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Whether the timestamped directory `ts_dir` holds exactly `files` (contents only, as
+/// the kubelet compares: modes and owners follow from the pod spec, which does not change).
+fn same_payload(ts_dir: &Path, files: &[FileEntry]) -> bool {
+    let Ok(on_disk) = payload_paths(ts_dir) else {
+        return false;
+    };
+    let mut wanted: Vec<String> = files
+        .iter()
+        .map(|f| {
+            Path::new(&f.path)
+                .components()
+                .filter(|c| !matches!(c, std::path::Component::CurDir))
+                .collect::<std::path::PathBuf>()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    wanted.sort();
+    wanted.dedup();
+    on_disk == wanted
+        && files
+            .iter()
+            .all(|f| fs::read(ts_dir.join(&f.path)).is_ok_and(|data| data == f.data))
+}
+
+/// Creates the directories of `rel` below `base` (never `base` or anything above it, so
+/// a volume removed meanwhile is not brought back).
+fn create_below(base: &Path, rel: &Path) -> io::Result<()> {
+    let mut dir = base.to_path_buf();
+    for part in rel.components() {
+        dir.push(part);
+        match fs::create_dir(&dir) {
+            Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// A new, empty timestamped directory in `dir` (mode 0755); its name.
+fn new_timestamped_dir(dir: &Path) -> io::Result<String> {
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let now = jiff::Timestamp::now();
+    let stamp = now.strftime("%Y_%m_%d_%H_%M_%S").to_string();
+    loop {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("..{stamp}.{:09}{n}", now.subsec_nanosecond());
+        match fs::create_dir(dir.join(&name)) {
+            Ok(()) => {
+                fs::set_permissions(dir.join(&name), fs::Permissions::from_mode(0o755))?;
+                return Ok(name);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Points `link` at `target`, replacing whatever is there with one rename when possible.
+fn replace_with_symlink(dir: &Path, name: &str, target: &Path) -> io::Result<()> {
+    let link = dir.join(name);
+    if fs::read_link(&link).is_ok_and(|t| t == target) {
+        return Ok(());
+    }
+    if fs::symlink_metadata(&link).is_ok_and(|m| m.is_dir()) {
+        // rename(2) cannot put a symlink over a directory.
+        fs::remove_dir_all(&link)?;
+    }
+    // One writer per volume at a time (the runtime's per-pod lock): a fixed name will do,
+    // and keeps within NAME_MAX whatever the length of `name`.
+    let tmp = dir.join(LINK_TMP);
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    fs::rename(&tmp, &link)
+}
+
+/// Writes `files` into `dir` in the kubelet's atomic writer layout (see [`DATA_LINK`]).
+/// With `fs_group`, the new files get the group before they become visible.
+pub(crate) fn write_atomic(
+    dir: &Path,
+    files: &[FileEntry],
+    fs_group: Option<u32>,
+    mode: WriteMode,
+) -> io::Result<VolumeWrite> {
+    match mode {
+        WriteMode::Setup => fs::create_dir_all(dir)?,
+        WriteMode::Update if !dir.is_dir() => return Ok(VolumeWrite::Missing),
+        WriteMode::Update => {}
+    }
+    let old_ts = fs::read_link(dir.join(DATA_LINK))
+        .ok()
+        .and_then(|t| t.to_str().map(str::to_owned))
+        .filter(|t| t.starts_with("..") && !t.contains('/'));
+    if mode == WriteMode::Update
+        && let Some(old) = &old_ts
+        && same_payload(&dir.join(old), files)
+    {
+        return Ok(VolumeWrite::Unchanged);
+    }
+    let old_names: Vec<String> = match &old_ts {
+        Some(old) => payload_paths(&dir.join(old))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| top_level(p).map(str::to_owned))
+            .collect(),
+        None => Vec::new(),
+    };
+
+    let ts = new_timestamped_dir(dir)?;
+    let ts_dir = dir.join(&ts);
+    let written = (|| {
+        for f in files {
+            let rel = Path::new(&f.path);
+            if let Some(parent) = rel.parent() {
+                create_below(&ts_dir, parent)?;
+            }
+            let path = ts_dir.join(rel);
+            fs::write(&path, &f.data)?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(f.mode))?;
+            if let Some(uid) = f.owner {
+                std::os::unix::fs::lchown(&path, Some(uid), None)?;
+            }
+        }
+        if let Some(gid) = fs_group {
+            apply_fs_group(&ts_dir, gid, true)?;
+        }
+        // The swap: a new `..data` link renamed over the old one.
+        let tmp = dir.join(DATA_LINK_TMP);
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&ts, &tmp)?;
+        fs::rename(&tmp, dir.join(DATA_LINK))
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&ts_dir);
+        return Err(e);
+    }
+
+    let mut names: Vec<&str> = files.iter().filter_map(|f| top_level(&f.path)).collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in &names {
+        replace_with_symlink(dir, name, &Path::new(DATA_LINK).join(name))?;
+    }
+    match mode {
+        WriteMode::Update => {
+            for old in old_names.iter().filter(|n| !names.contains(&n.as_str())) {
+                let _ = fs::remove_file(dir.join(old));
+            }
+            if let Some(old) = old_ts.filter(|old| *old != ts) {
+                fs::remove_dir_all(dir.join(old))?;
+            }
+        }
+        WriteMode::Setup => {
+            for entry in fs::read_dir(dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name == DATA_LINK || name == ts || names.contains(&name.as_ref()) {
+                    continue;
+                }
+                if entry.file_type()?.is_dir() {
+                    fs::remove_dir_all(entry.path())?;
+                } else {
+                    fs::remove_file(entry.path())?;
+                }
+            }
+        }
+    }
+    Ok(VolumeWrite::Written)
 }
 
 /// Gives `fs_group` group ownership of everything under `dir`, as the kubelet does for
@@ -489,13 +712,46 @@ pub(crate) fn prepare(
                 )
             })?;
         let io = |e: io::Error| volume_error(name, format!("writing {}: {e}", dir.display()));
-        write_files(&dir, &files).map_err(io)?;
+        write_atomic(&dir, &files, fs_group, WriteMode::Setup).map_err(io)?;
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).map_err(io)?;
         if let Some(gid) = fs_group {
             apply_fs_group(&dir, gid, true).map_err(io)?;
         }
     }
     Ok(())
+}
+
+/// Writes volume `name` of a running pod again from `ctx`'s sources, atomically, if its
+/// files changed. Only volumes rendered from objects (configMap, secret, downwardAPI,
+/// projected) can be refreshed.
+pub(crate) fn refresh(
+    pod: &Pod,
+    volumes_dir: &Path,
+    name: &str,
+    ctx: &ResolveContext<'_>,
+) -> Result<VolumeWrite, RuntimeError> {
+    let spec = pod.spec.as_ref();
+    let volume = spec
+        .and_then(|s| s.volumes.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| volume_error(name, "no such volume"))?;
+    if !safe_relative(name) || name.contains('/') {
+        return Err(volume_error(name, "invalid volume name"));
+    }
+    let files = render(pod, volume, ctx)
+        .map_err(|m| volume_error(name, m))?
+        .ok_or_else(|| volume_error(name, "only rendered volumes are refreshed"))?;
+    let fs_group = spec
+        .and_then(|s| s.security_context.as_ref())
+        .and_then(|s| s.fs_group)
+        .and_then(|g| u32::try_from(g).ok());
+    let dir = volumes_dir.join(name);
+    write_atomic(&dir, &files, fs_group, WriteMode::Update).map_err(|source| RuntimeError::Io {
+        context: format!("updating {}", dir.display()),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -856,6 +1112,220 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "MountVolume.SetUp failed for volume \"missing\" : configmap \"nope\" not found"
+        );
+    }
+
+    fn link(p: &Path) -> String {
+        fs::read_link(p)
+            .expect("symlink")
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn volumes_are_written_in_the_atomic_writer_layout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vol = dir.path().join("cfg");
+        let files = [
+            entry("conf/mode.txt", b"fast", 0o600),
+            entry("b", &[0, 1, 2], 0o400),
+        ];
+        let written = write_atomic(&vol, &files, None, WriteMode::Setup).expect("written");
+        assert_eq!(written, VolumeWrite::Written);
+        let ts = link(&vol.join(DATA_LINK));
+        assert!(ts.starts_with(".."), "{ts}");
+        assert!(vol.join(&ts).is_dir());
+        assert_eq!(link(&vol.join("conf")), "..data/conf");
+        assert_eq!(link(&vol.join("b")), "..data/b");
+        assert_eq!(fs::read(vol.join("conf/mode.txt")).expect("read"), b"fast");
+        let mut names: Vec<String> = fs::read_dir(&vol)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [ts.as_str(), "..data", "b", "conf"]);
+    }
+
+    #[test]
+    fn updates_swap_the_whole_set_and_leave_what_others_made() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vol = dir.path().join("cfg");
+        let v1 = [entry("a", b"1", 0o644), entry("gone", b"x", 0o644)];
+        write_atomic(&vol, &v1, None, WriteMode::Setup).expect("setup");
+        let first = link(&vol.join(DATA_LINK));
+        // What a reader (or a subPath bind mount) opened before the update.
+        let mut held = fs::File::open(vol.join("a")).expect("open");
+        // A subPath directory created in the volume by the runtime.
+        fs::create_dir(vol.join("sub")).expect("mkdir");
+
+        // The same payload: nothing is written.
+        assert_eq!(
+            write_atomic(&vol, &v1, None, WriteMode::Update).expect("same"),
+            VolumeWrite::Unchanged
+        );
+        assert_eq!(link(&vol.join(DATA_LINK)), first);
+
+        let v2 = [entry("a", b"2", 0o644), entry("new/deep", b"n", 0o600)];
+        assert_eq!(
+            write_atomic(&vol, &v2, None, WriteMode::Update).expect("update"),
+            VolumeWrite::Written
+        );
+        let second = link(&vol.join(DATA_LINK));
+        assert_ne!(second, first);
+        assert!(!vol.join(&first).exists(), "the old set is removed");
+        assert_eq!(fs::read(vol.join("a")).expect("a"), b"2");
+        assert_eq!(fs::read(vol.join("new/deep")).expect("deep"), b"n");
+        let mode = fs::metadata(vol.join("new/deep"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o600);
+        assert!(
+            fs::symlink_metadata(vol.join("gone")).is_err(),
+            "removed key"
+        );
+        assert!(vol.join("sub").is_dir(), "left alone");
+        let mut old = String::new();
+        std::io::Read::read_to_string(&mut held, &mut old).expect("read");
+        assert_eq!(old, "1", "an open file keeps the old content");
+    }
+
+    #[test]
+    fn updates_never_create_a_volume_that_is_not_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vol = dir.path().join("gone");
+        let files = [entry("a", b"1", 0o644)];
+        assert_eq!(
+            write_atomic(&vol, &files, None, WriteMode::Update).expect("update"),
+            VolumeWrite::Missing
+        );
+        assert!(!vol.exists());
+    }
+
+    #[test]
+    fn updates_take_over_plainly_written_volumes() {
+        // A volume written before the atomic layout: plain files at the top.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vol = dir.path().join("cfg");
+        fs::create_dir_all(vol.join("conf")).expect("mkdir");
+        fs::write(vol.join("a"), "old").expect("write");
+        fs::write(vol.join("conf/x"), "old").expect("write");
+        let files = [entry("a", b"new", 0o644), entry("conf/x", b"new", 0o644)];
+        write_atomic(&vol, &files, None, WriteMode::Update).expect("update");
+        assert_eq!(link(&vol.join("a")), "..data/a");
+        assert_eq!(link(&vol.join("conf")), "..data/conf");
+        assert_eq!(fs::read(vol.join("conf/x")).expect("x"), b"new");
+    }
+
+    #[test]
+    fn updates_give_new_files_the_fs_group_before_they_show() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vol = dir.path().join("tok");
+        let gid = rustix::process::getgid().as_raw();
+        write_atomic(
+            &vol,
+            &[entry("t", b"1", 0o600)],
+            Some(gid),
+            WriteMode::Setup,
+        )
+        .expect("setup");
+        write_atomic(
+            &vol,
+            &[entry("t", b"2", 0o600)],
+            Some(gid),
+            WriteMode::Update,
+        )
+        .expect("update");
+        let meta = fs::metadata(vol.join("t")).expect("meta");
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+        assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), gid);
+    }
+
+    #[test]
+    fn refresh_rewrites_a_volume_from_new_sources() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut p = pod();
+        if let Some(vs) = p.spec.as_mut().and_then(|s| s.volumes.as_mut()) {
+            vs.retain(|v| matches!(v.name.as_str(), "cfg" | "info" | "proj"));
+        }
+        let s = sources();
+        prepare(&p, dir.path(), &ctx(&s)).expect("prepared");
+        assert_eq!(
+            refresh(&p, dir.path(), "cfg", &ctx(&s)).expect("same"),
+            VolumeWrite::Unchanged
+        );
+
+        let mut changed = s.clone();
+        changed.add_config_map(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "settings", "namespace": "shop"},
+                "data": {"mode": "slow"}, "binaryData": {"bin": "AAEC"}
+            }))
+            .expect("cm"),
+        );
+        assert_eq!(
+            refresh(&p, dir.path(), "cfg", &ctx(&changed)).expect("cfg"),
+            VolumeWrite::Written
+        );
+        assert_eq!(
+            fs::read(dir.path().join("cfg/conf/mode.txt")).expect("read"),
+            b"slow"
+        );
+        // Item modes and defaultMode hold after an update.
+        let mode = |rel: &str| {
+            fs::metadata(dir.path().join(rel))
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("cfg/conf/mode.txt"), 0o600);
+        assert_eq!(mode("cfg/b"), 0o400);
+        refresh(&p, dir.path(), "proj", &ctx(&changed)).expect("proj");
+        assert_eq!(fs::read(dir.path().join("proj/m")).expect("m"), b"slow");
+
+        // New labels reach the downward API volume.
+        p.metadata.labels = Some([("tier".to_owned(), "back".to_owned())].into());
+        refresh(&p, dir.path(), "info", &ctx(&changed)).expect("info");
+        assert_eq!(
+            fs::read(dir.path().join("info/labels")).expect("labels"),
+            b"tier=\"back\""
+        );
+
+        // A ConfigMap that is gone fails the update and leaves the files as they were.
+        let err =
+            refresh(&p, dir.path(), "cfg", &ctx(&VolumeSources::default())).expect_err("missing");
+        assert_eq!(
+            err.to_string(),
+            "MountVolume.SetUp failed for volume \"cfg\" : configmap \"settings\" not found"
+        );
+        assert_eq!(
+            fs::read(dir.path().join("cfg/conf/mode.txt")).expect("read"),
+            b"slow"
+        );
+    }
+
+    #[test]
+    fn paths_of_the_atomic_writer_are_refused() {
+        let mut s = VolumeSources::default();
+        s.add_config_map(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "settings", "namespace": "shop"},
+                "data": {"..data": "x"}
+            }))
+            .expect("cm"),
+        );
+        let p = pod();
+        let v = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .and_then(|vs| vs.iter().find(|v| v.name == "all"))
+            .cloned()
+            .expect("volume");
+        assert_eq!(
+            render(&p, &v, &ctx(&s)),
+            Err("invalid path \"..data\": must not start with '..'".into())
         );
     }
 }

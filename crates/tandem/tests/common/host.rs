@@ -21,6 +21,15 @@ impl HostCluster {
 
     /// With a kind cluster config (`--config`).
     pub fn start_with(config: Option<&Path>) -> Option<Self> {
+        Self::start_full(config, &[])
+    }
+
+    /// With extra environment for `tandem up` (and so its node agent).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Option<Self> {
+        Self::start_full(None, env)
+    }
+
+    fn start_full(config: Option<&Path>, env: &[(&str, &str)]) -> Option<Self> {
         if !nix::unistd::geteuid().is_root() {
             assert!(!ci(), "this test needs root (namespaces); CI runs as root");
             eprintln!("skipping: needs root");
@@ -45,6 +54,7 @@ impl HostCluster {
             cmd.arg("--config").arg(config);
         }
         let up = cmd
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
