@@ -10,6 +10,7 @@ pub mod admission;
 pub mod body;
 pub mod crud;
 pub mod discovery;
+pub mod exec;
 pub mod ipalloc;
 pub mod logs;
 pub mod objects;
@@ -25,6 +26,7 @@ pub mod tokens;
 pub mod watch;
 
 pub use admission::{MutatingAdmission, Operation};
+pub use exec::ExecBackend;
 pub use router::router;
 pub use server::{ServeError, ServerConfig, bind, serve};
 pub use state::{ApiConfig, AppState, LogSource};

@@ -229,7 +229,11 @@ async fn open_log(
 }
 
 /// Resolves the `container` parameter against the pod spec, as the API server does.
-fn choose_container(pod: &Pod, name: &str, wanted: Option<&str>) -> Result<String, ApiError> {
+pub(crate) fn choose_container(
+    pod: &Pod,
+    name: &str,
+    wanted: Option<&str>,
+) -> Result<String, ApiError> {
     let spec = pod.spec.clone().unwrap_or_default();
     let names = |cs: &[k8s_openapi::api::core::v1::Container]| -> Vec<String> {
         cs.iter().map(|c| c.name.clone()).collect()

@@ -20,7 +20,14 @@ const MAX_BODY: usize = 3 * 1024 * 1024;
 
 /// The API as an axum router, without authentication or TLS (see [`crate::serve`]).
 pub fn router(state: AppState) -> Router {
-    Router::new().fallback(dispatch).with_state(state)
+    Router::new()
+        // Upgraded to a WebSocket, so not through `dispatch` (which reads the body).
+        .route(
+            "/api/v1/namespaces/{namespace}/pods/{name}/exec",
+            axum::routing::any(crate::exec::handle),
+        )
+        .fallback(dispatch)
+        .with_state(state)
 }
 
 async fn dispatch(State(state): State<AppState>, req: axum::extract::Request) -> Response {

@@ -105,6 +105,8 @@ pub struct AppState {
     pub service_ips: Arc<tokio::sync::Mutex<()>>,
     /// Signs service account tokens; `None` only if no key could be made.
     pub token_signer: Option<Arc<Signer>>,
+    /// Runs `pods/exec` commands; `None` without a node agent.
+    pub exec: Option<Arc<dyn crate::exec::ExecBackend>>,
 }
 
 impl AppState {
@@ -118,6 +120,7 @@ impl AppState {
             config: Arc::new(ApiConfig::default()),
             service_ips: Arc::new(tokio::sync::Mutex::new(())),
             token_signer: Signer::ephemeral().ok().map(Arc::new),
+            exec: None,
         }
     }
 
@@ -130,6 +133,11 @@ impl AppState {
 
     pub fn with_logs(mut self, logs: Arc<dyn LogSource>) -> Self {
         self.logs = logs;
+        self
+    }
+
+    pub fn with_exec(mut self, exec: Arc<dyn crate::exec::ExecBackend>) -> Self {
+        self.exec = Some(exec);
         self
     }
 

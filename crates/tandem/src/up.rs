@@ -9,7 +9,7 @@ use anyhow::Context;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams};
 use node::agent::{Agent, AgentConfig, NodeLogs};
-use node::runtime::RuntimeConfig;
+use node::runtime::{ProcessRuntime, RuntimeConfig};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
@@ -80,6 +80,51 @@ impl apiserver::state::LogSource for Logs {
     }
 }
 
+/// Runs `pods/exec` commands in the node's containers (in-process: the runtime reads the
+/// containers' state from disk, as the agent does).
+struct Exec(ProcessRuntime);
+
+impl apiserver::ExecBackend for Exec {
+    fn exec(
+        &self,
+        request: apiserver::exec::ExecRequest,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<apiserver::exec::ExecProcess, apiserver::exec::ExecError>,
+    > {
+        use apiserver::exec::ExecError;
+        let runtime = self.0.clone();
+        Box::pin(async move {
+            let options = node::runtime::exec::ExecOptions {
+                command: request.command,
+                stdin: request.stdin,
+                stdout: request.stdout,
+                stderr: request.stderr,
+                tty: request.tty,
+            };
+            let session = runtime
+                .exec(&request.uid, &request.container, options)
+                .await
+                .map_err(|e| match e {
+                    node::runtime::exec::ExecError::NotFound(c) => ExecError::ContainerNotFound(c),
+                    node::runtime::exec::ExecError::Start(why) => ExecError::Start(why),
+                })?;
+            let mut process = session.process;
+            Ok(apiserver::exec::ExecProcess {
+                stdin: session.stdin,
+                stdout: session.stdout,
+                stderr: session.stderr,
+                resize: session.terminal.map(|t| {
+                    Box::new(move |width, height| {
+                        let _ = t.resize(width, height);
+                    }) as apiserver::exec::Resize
+                }),
+                exit: Box::pin(async move { process.wait().await.map_err(|e| e.to_string()) }),
+            })
+        })
+    }
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     crate::require_root("tandem up")?;
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
@@ -138,15 +183,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(d) = args.backoff_initial {
         backoff.initial = d;
     }
+    let runtime = RuntimeConfig {
+        root: data_dir.join("run"),
+        log_root: data_dir.join("logs"),
+        helper_exe: std::env::current_exe().context("locating the tandem binary")?,
+    };
     let agent = Agent::new(
         client.clone(),
         AgentConfig {
             node_name: crate::node_name(),
-            runtime: RuntimeConfig {
-                root: data_dir.join("run"),
-                log_root: data_dir.join("logs"),
-                helper_exe: std::env::current_exe().context("locating the tandem binary")?,
-            },
+            runtime: runtime.clone(),
             backoff,
             network: network
                 .clone()
@@ -163,6 +209,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let injector = crate::injection::MeshInjector::new(&crate::node_name());
     let state = apiserver::state::AppState::new(Arc::new(store))
         .with_logs(Arc::new(Logs(agent.logs())))
+        .with_exec(Arc::new(Exec(ProcessRuntime::new(runtime))))
         .with_admission(vec![Arc::new(injector.clone())])
         .with_token_signer(
             apiserver::tokens::Signer::from_pem(&pki.service_account_key_pem)

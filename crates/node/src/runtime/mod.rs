@@ -21,6 +21,7 @@
 
 mod access;
 mod adopt;
+pub mod exec;
 mod logs;
 pub mod network;
 mod procfs;

@@ -96,6 +96,30 @@ pub(crate) fn exec_in_namespaces(
     }
 }
 
+/// As [`exec_in_namespaces`], and the child becomes the leader of a new session whose
+/// controlling terminal is its stdin (a pty), so that job control, `^C` and window size
+/// changes reach it as on a login terminal.
+pub(crate) fn exec_in_namespaces_on_terminal(
+    cmd: &mut std::process::Command,
+    namespaces: Vec<OwnedFd>,
+    cwd: CString,
+    id: Identity,
+) {
+    // SAFETY: setns/chdir/setsid/ioctl/setgroups/setgid/setuid on fds and buffers the
+    // closure owns; TIOCSCTTY takes an integer argument, no pointer.
+    unsafe {
+        cmd.pre_exec(move || {
+            for ns in &namespaces {
+                check(libc::setns(ns.as_raw_fd(), 0))?;
+            }
+            check(libc::chdir(cwd.as_ptr()))?;
+            check(libc::setsid())?;
+            check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            switch_identity(&id)
+        });
+    }
+}
+
 /// Registers a pidfd with the tokio reactor (readable once the process has exited).
 pub(crate) fn async_pidfd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: the OwnedFd is a valid descriptor that the AsyncFd owns from now on; nothing
