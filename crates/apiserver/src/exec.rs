@@ -31,7 +31,6 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::{Buf, BytesMut};
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -39,9 +38,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::query::parse_bool;
-use crate::resources;
 use crate::state::AppState;
-use crate::status::{ApiResult, bad_request, internal, method_not_allowed, not_found};
+use crate::status::{ApiResult, bad_request, internal, method_not_allowed};
 
 /// The remote command subprotocol served.
 pub const PROTOCOL_V5: &str = "v5.channel.k8s.io";
@@ -614,15 +612,7 @@ async fn accept(
         )));
     }
     let query = ExecQuery::parse(req.uri().query())?;
-    let pods = resources::lookup("", "v1", "pods")
-        .ok_or_else(|| internal("the pods resource is not registered"))?;
-    let kv = state
-        .store
-        .get(&pods.key(Some(namespace), name))
-        .await?
-        .ok_or_else(|| not_found(pods, name))?;
-    let pod: Pod = serde_json::from_slice(&kv.value)
-        .map_err(|e| internal(&format!("stored pod {namespace}/{name}: {e}")))?;
+    let pod = crate::logs::stored_pod(state, namespace, name).await?;
     let container = crate::logs::choose_container(&pod, name, query.container.as_deref())?;
     let scheduled = pod
         .spec

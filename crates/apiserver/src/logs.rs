@@ -175,6 +175,24 @@ pub async fn log_response(state: &AppState, namespace: &str, pod: &str, q: LogQu
     }
 }
 
+/// The pod as stored, or the API's 404 for it (pods/log and pods/exec).
+pub(crate) async fn stored_pod(
+    state: &AppState,
+    namespace: &str,
+    name: &str,
+) -> Result<Pod, ApiError> {
+    let pods = resources::lookup("", "v1", "pods")
+        .ok_or_else(|| internal("the pods resource is not registered"))?;
+    let kv = state
+        .store
+        .get(&pods.key(Some(namespace), name))
+        .await?
+        .ok_or_else(|| not_found(pods, name))?;
+    let pod: Pod = serde_json::from_slice(&kv.value)
+        .map_err(|e| internal(&format!("stored pod {namespace}/{name}: {e}")))?;
+    Ok(pod)
+}
+
 async fn open_log(
     state: &AppState,
     namespace: &str,
@@ -185,15 +203,7 @@ async fn open_log(
     if !errors.is_empty() {
         return Err(invalid_options(name, &errors));
     }
-    let pods = resources::lookup("", "v1", "pods")
-        .ok_or_else(|| internal("the pods resource is not registered"))?;
-    let kv = state
-        .store
-        .get(&pods.key(Some(namespace), name))
-        .await?
-        .ok_or_else(|| not_found(pods, name))?;
-    let pod: Pod = serde_json::from_slice(&kv.value)
-        .map_err(|e| internal(&format!("stored pod {namespace}/{name}: {e}")))?;
+    let pod = stored_pod(state, namespace, name).await?;
     let container = choose_container(&pod, name, q.container.as_deref())?;
     let uid = pod.metadata.uid.as_deref().unwrap_or("");
     let path = state
