@@ -11,8 +11,10 @@
       `tandem up` process (API server, controllers and node agent all live in it;
       containers run under their own shim processes).
 
-A pod watch runs alongside and timestamps each pod's first sighting, binding, Running and
-Ready/Succeeded, to show where the time goes.
+A pod watch runs alongside and timestamps each pod's first sighting, binding, Running,
+Ready/Succeeded and each container's states, to show where the time goes; for the Job it
+breaks one slot's cycle (a pod's main container exits -> its replacement's runs) into
+stages: sidecar stopped, pod Succeeded, replacement created, bound, started.
 
 Usage: bench/workloads_bench.py [--tandem target/release/tandem] [--replicas 200] [--runs 3]
                                 [--job-runs 3]
@@ -163,6 +165,11 @@ class PodWatch:
                 for c in status.get("conditions") or []:
                     if c.get("type") == "Ready" and c.get("status") == "True":
                         rec.setdefault("ready", now)
+                # Each container's first sighting in each state, e.g. "app.running".
+                for key in ("initContainerStatuses", "containerStatuses"):
+                    for c in status.get(key) or []:
+                        for state in (c.get("state") or {}):
+                            rec.setdefault(f"{c['name']}.{state}", now)
 
     def snapshot(self):
         with self.lock:
@@ -189,6 +196,35 @@ def quantiles(values):
     if not v:
         return "n/a"
     return f"min {v[0] * 1000:.0f}, median {statistics.median(v) * 1000:.0f}, max {v[-1] * 1000:.0f} ms"
+
+
+def slot_cycles(snap, parallelism, seconds, main="app", sidecar="proxy"):
+    """The stages between one pod's main container exit and its replacement's main
+    container running, as the pod watch saw them. The k-th pod created after the first
+    `parallelism` replaces the k-th pod whose main container exited."""
+    exited = sorted((r for r in snap.values() if f"{main}.terminated" in r),
+                    key=lambda r: r[f"{main}.terminated"])
+    created = sorted(snap.values(), key=lambda r: r["added"])[parallelism:]
+    stages = [
+        ("main exited -> sidecar terminated", "prev", f"{main}.terminated", "prev", f"{sidecar}.terminated"),
+        ("sidecar terminated -> pod Succeeded", "prev", f"{sidecar}.terminated", "prev", "succeeded"),
+        ("pod Succeeded -> next pod created (controller)", "prev", "succeeded", "next", "added"),
+        ("created -> bound (scheduler)", "next", "added", "next", "bound"),
+        ("bound -> sidecar running (node)", "next", "bound", "next", f"{sidecar}.running"),
+        ("sidecar running -> main running", "next", f"{sidecar}.running", "next", f"{main}.running"),
+        ("TOTAL main exited -> next main running", "prev", f"{main}.terminated", "next", f"{main}.running"),
+        (f"(main running -> main exited: the {seconds} s sleep)", "next", f"{main}.running", "next",
+         f"{main}.terminated"),
+    ]
+    out = []
+    for label, a_pod, a_key, b_pod, b_key in stages:
+        values = []
+        for prev, nxt in zip(exited, created):
+            pods = {"prev": prev, "next": nxt}
+            if a_key in pods[a_pod] and b_key in pods[b_pod]:
+                values.append(pods[b_pod][b_key] - pods[a_pod][a_key])
+        out.append((label, values))
+    return out
 
 
 def wait_for(cond, timeout, period=0.05):
@@ -358,6 +394,12 @@ def bench_job(api, up_pid, runs, timeout, completions=100, parallelism=10, secon
             print(f"    first pod seen {added[0] - start:.3f} s after the POST; last Succeeded "
                   f"{done[-1] - start:.2f} s; Complete seen {took - (done[-1] - start):.3f} s after that",
                   flush=True)
+        cycles = slot_cycles(snap, parallelism, seconds)
+        if cycles:
+            print("    one slot's cycle, previous pod's main exit -> next pod's main running "
+                  f"({len(cycles[-1][1])} pairs):", flush=True)
+            for label, values in cycles:
+                print(f"      {label:<44} {quantiles(values)}", flush=True)
         api.request(conn, "DELETE", path + "?propagationPolicy=Background")
         wait_for(lambda: count_pods(api, conn, selector) == 0, timeout, period=0.2)
     print()

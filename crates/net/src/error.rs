@@ -22,6 +22,8 @@ pub enum Error {
     Thread(#[source] io::Error),
     #[error("the network namespace thread died")]
     NetnsThread,
+    #[error("the address allocation task died")]
+    IpamTask,
     #[error("netlink: {context}: {source}")]
     Netlink {
         context: String,

@@ -9,7 +9,7 @@
 //! Addresses are handed out round-robin (the next free one after the last handed out) so an
 //! address just released is not immediately given to a new pod.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -140,9 +140,13 @@ impl Ipam {
             TMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         write_synced(&tmp, uid.as_bytes()).map_err(|e| Error::state(&tmp, e))?;
-        let candidates: Vec<Ipv4Addr> = self.pool.candidates().collect();
+        // Candidates are taken one at a time: the next one after the cursor is nearly
+        // always free, and listing all of a /16 for each pod costs milliseconds.
+        let mut taken = HashSet::new();
         let mut won = None;
-        for ip in candidates {
+        loop {
+            let next = self.pool.candidates().find(|ip| !taken.contains(ip));
+            let Some(ip) = next else { break };
             let path = self.dir.join(ip.to_string());
             match fs::hard_link(&tmp, &path) {
                 Ok(()) => {
@@ -151,6 +155,7 @@ impl Ipam {
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     // Held by someone this process did not know about: learn it and go on.
+                    taken.insert(ip);
                     if let Ok(holder) = fs::read_to_string(&path) {
                         self.pool.insert(ip, holder.trim().to_owned());
                     }
@@ -166,9 +171,10 @@ impl Ipam {
         sync_dir(&self.dir).map_err(|e| Error::state(&self.dir, e))?;
         self.pool.insert(ip, uid.to_owned());
         self.pool.set_last(ip);
-        // The cursor is a hint: losing it only weakens round-robin, never uniqueness.
+        // The cursor is a hint: losing it only weakens round-robin, never uniqueness, so
+        // it is not synced (a torn file after a crash is ignored when read).
         let last_tmp = self.dir.join(".last");
-        if write_synced(&last_tmp, ip.to_string().as_bytes()).is_ok() {
+        if fs::write(&last_tmp, ip.to_string()).is_ok() {
             let _ = fs::rename(&last_tmp, self.dir.join(LAST));
         }
         Ok(ip)

@@ -4,7 +4,9 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use futures::TryStreamExt;
 use nix::errno::Errno;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
+};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::Error;
@@ -199,25 +201,28 @@ pub(crate) async fn delete(handle: &Handle, idx: u32, name: &str) -> Result<(), 
     }
 }
 
-/// Creates the veth pair `host`/`peer` in the calling namespace. Returns both indexes.
+/// Creates the veth pair `host`/`peer`: `host` in the calling namespace, `peer` in the
+/// namespace open as `peer_ns` (created there, not moved). Returns the host end's index.
 pub(crate) async fn create_veth(
     handle: &Handle,
     host: &str,
     peer: &str,
-) -> Result<(u32, u32), Error> {
+    peer_ns: std::os::fd::RawFd,
+) -> Result<u32, Error> {
+    let peer_msg = LinkUnspec::new_with_name(peer).setns_by_fd(peer_ns).build();
+    let msg = LinkVeth::new(host, peer)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+        .build();
     handle
         .link()
-        .add(LinkVeth::new(host, peer).build())
+        .add(msg)
         .execute()
         .await
         .map_err(|e| Error::netlink(format!("creating veth {host}"), e))?;
     let host_link = get(handle, host)
         .await?
         .ok_or_else(|| Error::PodEndMissing(host.to_owned()))?;
-    let peer_link = get(handle, peer)
-        .await?
-        .ok_or_else(|| Error::PodEndMissing(host.to_owned()))?;
-    Ok((index(&host_link), index(&peer_link)))
+    Ok(index(&host_link))
 }
 
 /// Attaches the host end to the bridge, labels it with the pod uid, turns on hairpin mode
@@ -248,21 +253,6 @@ pub(crate) async fn plug_host_end(
         .await
         .map_err(|e| Error::netlink(format!("hairpin mode on {name}"), e))?;
     set_up(handle, idx, name).await
-}
-
-/// Moves link `idx` into the namespace open as `ns_fd`.
-pub(crate) async fn move_to_netns(
-    handle: &Handle,
-    idx: u32,
-    name: &str,
-    ns_fd: std::os::fd::RawFd,
-) -> Result<(), Error> {
-    handle
-        .link()
-        .set(LinkUnspec::new_with_index(idx).setns_by_fd(ns_fd).build())
-        .execute()
-        .await
-        .map_err(|e| Error::netlink(format!("moving {name} into the pod"), e))
 }
 
 /// What the pod end should look like.

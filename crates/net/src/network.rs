@@ -1,9 +1,10 @@
 //! The host bridge and the per-pod veth pairs.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rtnetlink::Handle;
 use rtnetlink::packet_route::link::InfoKind;
@@ -70,11 +71,16 @@ pub struct Network {
     cfg: NetConfig,
     /// Opened by [`Network::ensure`]: it stays in that thread's (the host's) namespace.
     handle: Handle,
+    /// The host's namespace, where veths are deleted on connections of their own.
+    host_ns: Netns,
     conn: tokio::task::JoinHandle<()>,
     bridge_index: u32,
-    ipam: Mutex<Ipam>,
-    /// Serialises attach/detach so two calls for one pod cannot race on its veth.
-    ops: tokio::sync::Mutex<()>,
+    /// Shared with the blocking pool, where its files are written.
+    ipam: Arc<Mutex<Ipam>>,
+    /// One lock per pod uid: attach and detach of one pod take turns (they work on the
+    /// same veth), while different pods are set up side by side. One lock for all pods
+    /// made 200 pods starting at once wait seconds for one another.
+    ops: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Drop for Network {
@@ -89,6 +95,7 @@ impl Network {
     pub async fn ensure(cfg: NetConfig) -> Result<Network, Error> {
         cfg.check()?;
         let ipam = Ipam::open(cfg.state_dir.join("ipam"), cfg.pod_cidr)?;
+        let host_ns = Netns::open(Path::new("/proc/thread-self/ns/net"))?;
         let (handle, conn) = link::connect()?;
         let bridge_index = link::ensure_bridge(
             &handle,
@@ -117,10 +124,11 @@ impl Network {
         Ok(Network {
             cfg,
             handle,
+            host_ns,
             conn,
             bridge_index,
-            ipam: Mutex::new(ipam),
-            ops: tokio::sync::Mutex::new(()),
+            ipam: Arc::new(Mutex::new(ipam)),
+            ops: Mutex::new(HashMap::new()),
         })
     }
 
@@ -132,9 +140,14 @@ impl Network {
     /// its sandbox), an address and a veth into the bridge. Idempotent: an existing veth is
     /// kept and the same address returned.
     pub async fn attach(&self, uid: &str, netns: &Path) -> Result<PodAddress, Error> {
-        let _serial = self.ops.lock().await;
+        let _serial = self.pod_lock(uid).await;
         let ns = Netns::open(netns)?;
-        let ip = self.lock_ipam().allocate(uid)?;
+        let ip = self
+            .with_ipam({
+                let uid = uid.to_owned();
+                move |ipam| ipam.allocate(&uid)
+            })
+            .await?;
         let addr = PodAddress {
             ip,
             prefix_len: self.cfg.pod_cidr.prefix_len(),
@@ -166,19 +179,21 @@ impl Network {
                 return Ok(addr);
             }
             // The other end lives somewhere else (an older sandbox): start over.
-            link::delete(&self.handle, idx, &host).await?;
+            self.delete_host_end(&host, uid).await?;
         }
 
-        let (host_idx, peer_idx) = link::create_veth(&self.handle, &host, &want.tmp_name).await?;
+        // The pod end is made inside the pod's namespace: moving it there afterwards
+        // costs the kernel a network-wide synchronisation (~20 ms) under its global lock.
+        let host_idx =
+            link::create_veth(&self.handle, &host, &want.tmp_name, ns.as_raw_fd()).await?;
         let made = async {
             link::plug_host_end(&self.handle, host_idx, &host, self.bridge_index, uid).await?;
-            link::move_to_netns(&self.handle, peer_idx, &want.tmp_name, ns.as_raw_fd()).await?;
             ns.run_async(move || configure_pod(want)).await?
         }
         .await;
         if let Err(e) = made {
             // Leave nothing half-made behind; deleting one end removes both.
-            let _ = link::delete(&self.handle, host_idx, &host).await;
+            let _ = self.delete_host_end(&host, uid).await;
             return Err(e);
         }
         Ok(addr)
@@ -187,16 +202,75 @@ impl Network {
     /// Removes pod `uid`'s veth (if its namespace still exists) and frees its address.
     /// Idempotent.
     pub async fn detach(&self, uid: &str) -> Result<(), Error> {
-        let _serial = self.ops.lock().await;
-        let host = link::host_veth_name(uid);
-        if let Some(existing) = link::get(&self.handle, &host).await? {
-            let owner = link::alias(&existing).unwrap_or_default();
-            if owner.is_empty() || owner == uid {
-                link::delete(&self.handle, link::index(&existing), &host).await?;
-            }
-        }
-        self.lock_ipam().release(uid)?;
+        let serial = self.pod_lock(uid).await;
+        self.delete_host_end(&link::host_veth_name(uid), uid)
+            .await?;
+        self.with_ipam({
+            let uid = uid.to_owned();
+            move |ipam| ipam.release(&uid)
+        })
+        .await?;
+        self.forget_lock(uid, serial);
         Ok(())
+    }
+
+    /// Deletes the host end `host` of pod `uid`'s veth (and so the pair), unless another
+    /// pod owns that name. The kernel answers a delete only after an RCU barrier (tens of
+    /// milliseconds) and a netlink connection handles one request at a time, so each
+    /// delete runs on a connection of its own: on the shared one, pods being set up
+    /// waited for every pod being removed.
+    async fn delete_host_end(&self, host: &str, uid: &str) -> Result<(), Error> {
+        let (host, uid) = (host.to_owned(), uid.to_owned());
+        self.host_ns
+            .run_async(move || async move {
+                let (handle, conn) = link::connect()?;
+                let out = async {
+                    if let Some(existing) = link::get(&handle, &host).await? {
+                        let owner = link::alias(&existing).unwrap_or_default();
+                        if owner.is_empty() || owner == uid {
+                            link::delete(&handle, link::index(&existing), &host).await?;
+                        }
+                    }
+                    Ok(())
+                }
+                .await;
+                conn.abort();
+                out
+            })
+            .await?
+    }
+
+    /// Waits for pod `uid`'s turn.
+    async fn pod_lock(&self, uid: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(uid.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// Drops pod `uid`'s lock once it is detached, unless another call waits on it.
+    fn forget_lock(&self, uid: &str, held: tokio::sync::OwnedMutexGuard<()>) {
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        // Held by the map and by `held` only: nobody else waits for this pod.
+        if ops.get(uid).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            ops.remove(uid);
+        }
+        drop(held);
+    }
+
+    /// Runs `f` on the IPAM on the blocking pool: it writes and syncs files.
+    async fn with_ipam<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ipam) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        let ipam = self.ipam.clone();
+        tokio::task::spawn_blocking(move || f(&mut ipam.lock().unwrap_or_else(|p| p.into_inner())))
+            .await
+            .map_err(|_| Error::IpamTask)?
     }
 
     /// The address `uid` holds, if any.

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 mod refresh;
 mod refresher;
+mod writer;
 
 pub use refresh::RENEWAL_FRACTION_ENV;
 use refresh::TokenLease;
@@ -39,6 +40,7 @@ use refresh::TokenLease;
 use crate::planner::{BackoffConfig, Event};
 use crate::runtime::{ProcessRuntime, RuntimeConfig, VolumeSources};
 use crate::worker::{PodHandle, PodSink, WorkerConfig, spawn_pod};
+use writer::{Update, Writers};
 
 /// Grace of the containers of a pod removed from the API while the agent was away (the
 /// kubelet's minimum grace; the pod's own is gone with it).
@@ -179,6 +181,11 @@ impl Agent {
         let watch_config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
         let mut stream = watcher(pods, watch_config).boxed();
         let mut workers: BTreeMap<String, PodHandle> = BTreeMap::new();
+        let mut writers = Writers::new(ClientApi {
+            client: self.client.clone(),
+            node: node.clone(),
+            runtime: self.runtime.clone(),
+        });
         // Pods with volumes kept up to date while they run, and the watches that feed
         // them (started with the first such pod).
         let mut refreshers: BTreeMap<String, refresher::RefreshHandle> = BTreeMap::new();
@@ -287,13 +294,16 @@ impl Agent {
                     None => break,
                 },
                 Some(update) = updates.recv() => {
-                    if let Update::Finished(pod) = &update
-                        && let Some(uid) = pod.metadata.uid.clone()
-                    {
+                    let Some(uid) = update.pod().metadata.uid.clone() else { continue };
+                    if let Update::Finished(_) = &update {
                         refreshers.remove(&uid);
-                        finished.insert(uid);
+                        workers.remove(&uid);
+                        finished.insert(uid.clone());
+                    } else if finished.contains(&uid) {
+                        // Nothing may follow a pod's final status.
+                        continue;
                     }
-                    self.write(update, &mut workers).await;
+                    writers.send(&uid, update);
                 }
             }
         }
@@ -324,42 +334,8 @@ impl Agent {
         }
     }
 
-    async fn write(&self, update: Update, workers: &mut BTreeMap<String, PodHandle>) {
-        match update {
-            Update::Status(pod) => {
-                if let Err(err) = write_status(&self.client, &pod).await {
-                    tracing::warn!(pod = ?pod.metadata.name, %err, "writing pod status");
-                }
-            }
-            Update::Event(pod, event) => {
-                if let Err(err) =
-                    write_event(&self.client, &self.config.node_name, &pod, &event).await
-                {
-                    tracing::debug!(%err, "recording event");
-                }
-            }
-            Update::Finished(pod) => {
-                let _ = write_status(&self.client, &pod).await;
-                if let Some(uid) = pod.metadata.uid.as_deref() {
-                    workers.remove(uid);
-                }
-                if pod.metadata.deletion_timestamp.is_some() {
-                    if let Err(err) = updates_tx_delete(&self.client, &pod).await {
-                        tracing::warn!(%err, "removing a terminated pod");
-                    }
-                    self.remove_logs(&pod);
-                }
-            }
-        }
-    }
-
     fn remove_logs(&self, pod: &Pod) {
-        let meta = &pod.metadata;
-        let _ = self.runtime.remove_pod_logs(
-            meta.namespace.as_deref().unwrap_or_default(),
-            meta.name.as_deref().unwrap_or_default(),
-            meta.uid.as_deref().unwrap_or_default(),
-        );
+        remove_logs(&self.runtime, pod);
     }
 
     /// Removes what pods without a worker left on disk: pods that finished (their logs
@@ -386,11 +362,54 @@ impl Agent {
     }
 }
 
-/// What workers report, written to the API by the agent's loop (in order per pod).
-enum Update {
-    Status(Box<Pod>),
-    Event(Box<Pod>, Event),
-    Finished(Box<Pod>),
+fn remove_logs(runtime: &ProcessRuntime, pod: &Pod) {
+    let meta = &pod.metadata;
+    let _ = runtime.remove_pod_logs(
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default(),
+        meta.uid.as_deref().unwrap_or_default(),
+    );
+}
+
+/// The API as the pods' writers use it.
+struct ClientApi {
+    client: kube::Client,
+    node: String,
+    runtime: ProcessRuntime,
+}
+
+impl writer::Api for ClientApi {
+    fn write_status(&self, pod: &Pod) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        let pod = pod.clone();
+        Box::pin(async move {
+            write_status(&self.client, &pod)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn write_event<'a>(
+        &'a self,
+        pod: &'a Pod,
+        event: &'a Event,
+        at: Timestamp,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            write_event(&self.client, &self.node, pod, event, at)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+
+    fn remove(&self, pod: &Pod) -> futures::future::BoxFuture<'_, ()> {
+        let pod = pod.clone();
+        Box::pin(async move {
+            if let Err(err) = updates_tx_delete(&self.client, &pod).await {
+                tracing::warn!(%err, "removing a terminated pod");
+            }
+            remove_logs(&self.runtime, &pod);
+        })
+    }
 }
 
 struct ApiSink {
@@ -405,9 +424,11 @@ impl PodSink for ApiSink {
     }
 
     fn event(&self, pod: &Pod, event: &Event) {
-        let _ = self
-            .updates
-            .send(Update::Event(Box::new(pod.clone()), event.clone()));
+        let _ = self.updates.send(Update::Event(
+            Box::new(pod.clone()),
+            event.clone(),
+            Timestamp::now(),
+        ));
     }
 
     fn log_file(&self, _pod: &Pod, _container: &str, path: PathBuf) {
@@ -494,10 +515,10 @@ async fn write_event(
     node: &str,
     pod: &Pod,
     event: &Event,
+    now: Timestamp,
 ) -> Result<(), kube::Error> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let api: Api<ApiEvent> = Api::namespaced(client.clone(), namespace);
-    let now = Timestamp::now();
     let pod_name = pod.metadata.name.clone().unwrap_or_default();
     let field_path = event.container.as_ref().map(|c| {
         let init = pod

@@ -219,7 +219,9 @@ impl Worker {
                 }
             }
             self.start_containers(starts);
-            if done {
+            // A sandbox still being created (the pod was deleted meanwhile) would outlive
+            // the worker: wait for it, and the next plan stops it.
+            if done && !self.sandbox_pending {
                 break;
             }
             let sleep = plan.wake_at.map(|at| {

@@ -728,3 +728,62 @@ async fn stop_sandbox_leaves_no_process_mount_or_directory() {
     let e = wait(&f.rt, &b).await;
     assert_eq!((e.exit_code, e.signal), (137, Some(9)));
 }
+
+/// Takes what a pod worker reports and drops it.
+struct Ignore;
+
+impl node::worker::PodSink for Ignore {
+    fn status(&self, _pod: &Pod) {}
+    fn event(&self, _pod: &Pod, _event: &node::planner::Event) {}
+    fn finished(&self, _pod: &Pod) {}
+}
+
+/// Pids of `tandem sandbox <hostname>` processes.
+fn sandbox_processes(hostname: &str) -> Vec<i32> {
+    let want = format!("sandbox\0{hostname}\0");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).ends_with(&want))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_while_its_sandbox_starts_leaves_nothing_behind() {
+    if !have_root() {
+        return;
+    }
+    let f = Fixture::new();
+    let name = format!("early-{}", std::process::id());
+    let p = pod(&name, json!([sh("app", "sleep 300")]), json!([]));
+    let handle = node::worker::spawn_pod(
+        f.rt.clone(),
+        node::worker::WorkerConfig {
+            node_name: "node-1".into(),
+            backoff: node::planner::BackoffConfig::default(),
+        },
+        std::sync::Arc::new(VolumeSources::default()),
+        std::sync::Arc::new(Ignore),
+        p,
+    );
+    // Deleted at once: the worker sees the delete while the sandbox is still starting.
+    handle.delete(Some(0));
+    let finished = tokio::time::timeout(Duration::from_secs(30), handle.finished()).await;
+    // The sandbox starts in the background: give a leaked one time to appear.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let leaked = sandbox_processes(&name);
+    for pid in &leaked {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(finished.is_ok(), "the worker did not finish");
+    assert_eq!(leaked, Vec::<i32>::new(), "sandbox processes left behind");
+    assert_eq!(f.rt.pods_on_disk(), Vec::<String>::new());
+}

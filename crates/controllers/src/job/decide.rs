@@ -269,8 +269,14 @@ fn to_std(d: SignedDuration) -> Duration {
     Duration::try_from(d).unwrap_or(Duration::ZERO)
 }
 
-/// Decides one sync of `job` owning `pods` at `now`.
+/// [`decide_refs`] on owned pods.
+#[cfg(test)]
 pub fn decide(job: &Job, pods: &[Pod], now: Timestamp) -> Decision {
+    decide_refs(job, &pods.iter().collect::<Vec<_>>(), now)
+}
+
+/// Decides one sync of `job` owning `pods` at `now`.
+pub fn decide_refs(job: &Job, pods: &[&Pod], now: Timestamp) -> Decision {
     let spec = job.spec.clone().unwrap_or_default();
     let old = job.status.clone().unwrap_or_default();
     let mut conditions = old.conditions.clone().unwrap_or_default();
@@ -285,7 +291,7 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp) -> Decision {
     let mut terminating: Vec<&Pod> = Vec::new();
     let mut succeeded_pods: Vec<&Pod> = Vec::new();
     let mut failed_pods: Vec<&Pod> = Vec::new();
-    for pod in pods {
+    for &pod in pods {
         match state(pod) {
             PodState::Active => active.push(pod),
             PodState::Terminating => terminating.push(pod),
