@@ -223,10 +223,12 @@ fn exec_runs_commands_inside_the_container() {
 
     // Each container's environment, user, working directory and volumes.
     let probe = "echo $WHO $(id -u) $(pwd) $(hostname) $(cat /data/greeting || echo no-volume)";
-    assert_eq!(
-        c.ok(&["exec", "two", "-c", "main", "--", "sh", "-c", probe]),
-        "main-container 0 /tmp two hello-from-a-volume\n"
-    );
+    let out = c.ok(&["exec", "two", "-c", "main", "--", "sh", "-c", probe]);
+    if out != "main-container 0 /tmp two hello-from-a-volume\n" {
+        // What the container sees in the volume, for the failure message.
+        let seen = c.kubectl(&["exec", "two", "-c", "main", "--", "ls", "-la", "/data/"]);
+        panic!("main saw {out:?}; /data holds:\n{}", describe(&seen));
+    }
     assert_eq!(
         c.ok(&["exec", "two", "-c", "side", "--", "sh", "-c", probe]),
         "side-container 1000 / two no-volume\n"

@@ -17,7 +17,7 @@ use tokio::io::AsyncReadExt;
 
 use super::procfs::ProcId;
 use super::resolve::UserSpec;
-use super::sys::{self, Identity};
+use super::sys::{self, ControllingTerminal, Identity};
 use crate::access::{BoxFuture, ContainerAccess, ExecOutput};
 
 /// How much exec output is kept (the kubelet keeps 10 KiB).
@@ -76,6 +76,7 @@ impl ProcessAccess {
                 gid: self.user.gid,
                 groups: self.user.groups.clone(),
             },
+            ControllingTerminal::Inherit,
         );
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(true);

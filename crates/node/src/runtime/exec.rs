@@ -22,7 +22,7 @@ use rustix::pty::OpenptFlags;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::resolve::image_program;
-use super::sys::{self, Identity};
+use super::sys::{self, ControllingTerminal, Identity};
 use super::{ContainerHandle, ProcessRuntime};
 use crate::gofmt::go_quote;
 
@@ -235,7 +235,13 @@ impl ProcessRuntime {
             cmd.stdin(Stdio::from(slave.try_clone().map_err(io_error)?))
                 .stdout(Stdio::from(slave.try_clone().map_err(io_error)?))
                 .stderr(Stdio::from(slave));
-            sys::exec_in_namespaces_on_terminal(&mut cmd, namespaces, cwd, identity);
+            sys::exec_in_namespaces(
+                &mut cmd,
+                namespaces,
+                cwd,
+                identity,
+                ControllingTerminal::Stdin,
+            );
             master = Some(m);
         } else {
             let pipe = |wanted: bool| {
@@ -249,7 +255,13 @@ impl ProcessRuntime {
                 .stdout(pipe(opts.stdout))
                 .stderr(pipe(opts.stderr))
                 .process_group(0);
-            sys::exec_in_namespaces(&mut cmd, namespaces, cwd, identity);
+            sys::exec_in_namespaces(
+                &mut cmd,
+                namespaces,
+                cwd,
+                identity,
+                ControllingTerminal::Inherit,
+            );
         }
         let mut cmd = tokio::process::Command::from(cmd);
         cmd.kill_on_drop(true);

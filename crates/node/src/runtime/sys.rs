@@ -76,34 +76,25 @@ pub(crate) fn exec_as(cmd: &mut std::process::Command, id: Identity) {
     }
 }
 
+/// Whether an exec'd command gets its stdin (a pty) as controlling terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ControllingTerminal {
+    /// Plain pipes: the command stays in its parent's session.
+    Inherit,
+    /// The command leads a new session whose controlling terminal is its stdin, so job
+    /// control, `^C` and window size changes reach it as on a login terminal.
+    Stdin,
+}
+
 /// Makes the child of `cmd` enter the namespaces in `namespaces` (fds opened by the
-/// caller, e.g. `/proc/<pid>/ns/mnt`), change to `cwd` there and switch to `id` before exec.
+/// caller, e.g. `/proc/<pid>/ns/mnt`), change to `cwd` there, take its terminal if asked
+/// and switch to `id` before exec.
 pub(crate) fn exec_in_namespaces(
     cmd: &mut std::process::Command,
     namespaces: Vec<OwnedFd>,
     cwd: CString,
     id: Identity,
-) {
-    // SAFETY: setns/chdir/setgroups/setgid/setuid on fds and buffers the closure owns.
-    unsafe {
-        cmd.pre_exec(move || {
-            for ns in &namespaces {
-                check(libc::setns(ns.as_raw_fd(), 0))?;
-            }
-            check(libc::chdir(cwd.as_ptr()))?;
-            switch_identity(&id)
-        });
-    }
-}
-
-/// As [`exec_in_namespaces`], and the child becomes the leader of a new session whose
-/// controlling terminal is its stdin (a pty), so that job control, `^C` and window size
-/// changes reach it as on a login terminal.
-pub(crate) fn exec_in_namespaces_on_terminal(
-    cmd: &mut std::process::Command,
-    namespaces: Vec<OwnedFd>,
-    cwd: CString,
-    id: Identity,
+    terminal: ControllingTerminal,
 ) {
     // SAFETY: setns/chdir/setsid/ioctl/setgroups/setgid/setuid on fds and buffers the
     // closure owns; TIOCSCTTY takes an integer argument, no pointer.
@@ -113,8 +104,10 @@ pub(crate) fn exec_in_namespaces_on_terminal(
                 check(libc::setns(ns.as_raw_fd(), 0))?;
             }
             check(libc::chdir(cwd.as_ptr()))?;
-            check(libc::setsid())?;
-            check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            if terminal == ControllingTerminal::Stdin {
+                check(libc::setsid())?;
+                check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            }
             switch_identity(&id)
         });
     }
