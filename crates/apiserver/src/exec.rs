@@ -20,6 +20,7 @@
 //! The WebSocket framing (RFC 6455) is implemented here: a server needs only unmasked
 //! frames out and masked frames in, without extensions.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -69,6 +70,10 @@ const DRAIN_IDLE: Duration = Duration::from_secs(1);
 const FINISH_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Frames queued for the client.
 const OUT_QUEUE: usize = 16;
+/// With a terminal, how long the server waits for the client's first window size before
+/// it starts the command, so that the command starts at that size (kubectl sends it
+/// right after the upgrade; a client that sends none only waits this long).
+const INITIAL_SIZE_WAIT: Duration = Duration::from_millis(250);
 
 // ---------------------------------------------------------------------------------------
 // What the node provides.
@@ -85,6 +90,8 @@ pub struct ExecRequest {
     pub stdout: bool,
     pub stderr: bool,
     pub tty: bool,
+    /// With `tty`: the terminal's size when the command starts, if the client sent one.
+    pub size: Option<TerminalSize>,
 }
 
 /// The command's stdin.
@@ -640,6 +647,7 @@ async fn accept(
         stdout: query.stdout,
         stderr: query.stderr,
         tty: query.tty,
+        size: None,
     };
     let backend = state.exec.clone();
     tokio::spawn(async move {
@@ -689,7 +697,7 @@ where
     let (reader, writer) = tokio::io::split(io);
     let (out, out_rx) = mpsc::channel::<Vec<u8>>(OUT_QUEUE);
     let writer = tokio::spawn(write_frames(writer, out_rx));
-    let (events_tx, mut events) = mpsc::channel::<Event>(OUT_QUEUE);
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(OUT_QUEUE);
     let reader = tokio::spawn(read_messages(reader, out.clone(), events_tx));
 
     // The session is open: an empty message on the lowest channel the server writes.
@@ -702,6 +710,13 @@ where
     };
     let _ = out.send(channel_frame(first, &[])).await;
 
+    let mut request = request;
+    let mut sizes = ResizeDecoder::default();
+    let mut held = VecDeque::new();
+    if request.tty {
+        request.size = initial_size(&mut events_rx, &mut sizes, &mut held).await;
+    }
+    let mut events = Events::new(held, events_rx);
     let started = match backend {
         Some(backend) => backend.exec(request).await,
         None => Err(ExecError::Start(
@@ -709,7 +724,7 @@ where
         )),
     };
     let outcome = match started {
-        Ok(process) => drive(process, &out, &mut events).await,
+        Ok(process) => drive(process, &out, &mut events, sizes).await,
         Err(e) => Outcome::Status(Box::new(start_failure(&e))),
     };
     match outcome {
@@ -719,7 +734,7 @@ where
             let _ = out.send(close_frame(1000)).await;
             // The client closes once it has read everything; what it still sends is dropped.
             let _ = tokio::time::timeout(FINISH_TIMEOUT, async {
-                while let Some(event) = events.recv().await {
+                while let Some(event) = events.next().await {
                     if matches!(event, Event::Closed) {
                         break;
                     }
@@ -736,12 +751,62 @@ where
     let _ = writer.await;
 }
 
+/// Waits up to [`INITIAL_SIZE_WAIT`] for the client's first terminal size. What else the
+/// client sends meanwhile is held for the command, and stops the wait.
+async fn initial_size(
+    events: &mut mpsc::Receiver<Event>,
+    sizes: &mut ResizeDecoder,
+    held: &mut VecDeque<Event>,
+) -> Option<TerminalSize> {
+    let deadline = tokio::time::Instant::now() + INITIAL_SIZE_WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Message(Inbound::Resize(data)))) => {
+                if let Some(last) = sizes.push(&data).pop() {
+                    return Some(last);
+                }
+            }
+            Ok(Some(Event::Message(Inbound::Ignored))) => {}
+            Ok(Some(event)) => {
+                held.push_back(event);
+                return None;
+            }
+            Ok(None) => {
+                held.push_back(Event::Closed);
+                return None;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The client's events: those held back while waiting for the terminal size, then the rest.
+struct Events {
+    held: VecDeque<Event>,
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    fn new(held: VecDeque<Event>, rx: mpsc::Receiver<Event>) -> Self {
+        Self { held, rx }
+    }
+
+    /// Cancel-safe: taking a held event does not wait.
+    async fn next(&mut self) -> Option<Event> {
+        match self.held.pop_front() {
+            Some(event) => Some(event),
+            None => self.rx.recv().await,
+        }
+    }
+}
+
 /// Runs the streams until the command exits (and its output is delivered) or the client
 /// goes away.
 async fn drive(
     process: ExecProcess,
     out: &mpsc::Sender<Vec<u8>>,
-    events: &mut mpsc::Receiver<Event>,
+    events: &mut Events,
+    mut sizes: ResizeDecoder,
 ) -> Outcome {
     let ExecProcess {
         stdin,
@@ -762,11 +827,10 @@ async fn drive(
             pumps.spawn(pump_output(stream, ch, out.clone(), progress.clone()));
         }
     }
-    let mut sizes = ResizeDecoder::default();
     let exited = loop {
         tokio::select! {
             code = &mut exit => break code,
-            event = events.recv() => match event {
+            event = events.next() => match event {
                 Some(Event::Message(Inbound::Stdin(data))) => {
                     if let Some(tx) = &stdin_tx
                         && tx.send(data).await.is_err()
@@ -1198,8 +1262,8 @@ mod tests {
         );
     }
 
-    /// A backend whose command copies stdin to stdout, writes `err` to stderr, and exits
-    /// with 3 once stdin ends.
+    /// A backend whose command copies stdin to stdout, writes `err` to stderr (with a
+    /// terminal: the size it started at), and exits with 3 once stdin ends.
     struct Cat;
 
     impl ExecBackend for Cat {
@@ -1211,9 +1275,13 @@ mod tests {
                 let (stdin_w, mut stdin_r) = tokio::io::duplex(64);
                 let (mut stdout_w, stdout_r) = tokio::io::duplex(64);
                 let (mut stderr_w, stderr_r) = tokio::io::duplex(64);
+                let err = match request.tty {
+                    true => format!("{:?}", request.size.map(|s| (s.width, s.height))),
+                    false => "err".to_owned(),
+                };
                 let exit = tokio::spawn(async move {
                     stderr_w
-                        .write_all(b"err")
+                        .write_all(err.as_bytes())
                         .await
                         .map_err(|e| e.to_string())?;
                     drop(stderr_w);
@@ -1246,11 +1314,15 @@ mod tests {
 
     /// Runs a session against `client_bytes` and returns the server's frames.
     async fn session(container: &str, client_bytes: Vec<u8>) -> Vec<(u8, Vec<u8>)> {
+        session_of(request(container), client_bytes).await
+    }
+
+    async fn session_of(request: ExecRequest, client_bytes: Vec<u8>) -> Vec<(u8, Vec<u8>)> {
         let (server, mut client) = tokio::io::duplex(1 << 16);
         let task = tokio::spawn(run_session(
             server,
             Some(Arc::new(Cat) as Arc<dyn ExecBackend>),
-            request(container),
+            request,
         ));
         client.write_all(&client_bytes).await.expect("write");
         let mut received = Vec::new();
@@ -1294,6 +1366,45 @@ mod tests {
             rest = &rest[at + len..];
         }
         server_frames(&data[..end])
+    }
+
+    /// The bytes the session's command wrote on `ch`.
+    fn stream_of(frames: &[(u8, Vec<u8>)], ch: u8) -> Vec<u8> {
+        frames
+            .iter()
+            .filter(|(op, p)| *op == 2 && p.first() == Some(&ch))
+            .flat_map(|(_, p)| p[1..].to_vec())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_terminal_starts_at_the_clients_first_size() {
+        let tty = ExecRequest {
+            tty: true,
+            stderr: false,
+            ..request("app")
+        };
+        // kubectl sends the size right after the upgrade, and may split it.
+        let sized = [
+            client_frame(true, 2, b"\x04{\"Width\":100,"),
+            client_frame(true, 2, b"\x04\"Height\":30}{\"Width\":80,\"Height\":24}"),
+            client_frame(true, 2, b"\0typed"),
+            client_frame(true, 2, &[255, 0]),
+        ]
+        .concat();
+        let frames = session_of(tty.clone(), sized).await;
+        assert_eq!(stream_of(&frames, 2), b"Some((80, 24))", "the latest size");
+        assert_eq!(stream_of(&frames, 1), b"typed");
+
+        // A client that types before (or without) sending a size: nothing is lost.
+        let typed_first = [
+            client_frame(true, 2, b"\0early"),
+            client_frame(true, 2, &[255, 0]),
+        ]
+        .concat();
+        let frames = session_of(tty, typed_first).await;
+        assert_eq!(stream_of(&frames, 2), b"None");
+        assert_eq!(stream_of(&frames, 1), b"early");
     }
 
     #[tokio::test]

@@ -101,6 +101,7 @@ impl apiserver::ExecBackend for Exec {
                 stdout: request.stdout,
                 stderr: request.stderr,
                 tty: request.tty,
+                size: request.size.map(|s| (s.width, s.height)),
             };
             let session = runtime
                 .exec(&request.uid, &request.container, options)

@@ -35,6 +35,8 @@ pub struct ExecOptions {
     pub stderr: bool,
     /// On a pseudo-terminal: stdin, stdout and stderr are all the terminal.
     pub tty: bool,
+    /// With `tty`: the terminal's size (width, height) when the command starts.
+    pub size: Option<(u16, u16)>,
 }
 
 /// Why nothing runs.
@@ -70,14 +72,18 @@ pub struct Terminal {
 impl Terminal {
     /// Sets the window size; the kernel tells the foreground process group (SIGWINCH).
     pub fn resize(&self, width: u16, height: u16) -> io::Result<()> {
-        let size = rustix::termios::Winsize {
-            ws_row: height,
-            ws_col: width,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        rustix::termios::tcsetwinsize(&self.master, size).map_err(io::Error::from)
+        set_size(&self.master, width, height)
     }
+}
+
+fn set_size(master: &OwnedFd, width: u16, height: u16) -> io::Result<()> {
+    let size = rustix::termios::Winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(master, size).map_err(io::Error::from)
 }
 
 /// The command's process. Dropped before it exited, it is killed with its process group
@@ -232,6 +238,9 @@ impl ProcessRuntime {
         let mut master = None;
         if opts.tty {
             let (m, slave) = open_pty().map_err(io_error)?;
+            if let Some((width, height)) = opts.size {
+                set_size(&m, width, height).map_err(io_error)?;
+            }
             cmd.stdin(Stdio::from(slave.try_clone().map_err(io_error)?))
                 .stdout(Stdio::from(slave.try_clone().map_err(io_error)?))
                 .stderr(Stdio::from(slave));
