@@ -308,6 +308,7 @@ pub async fn update(state: &AppState, t: &Target, req: &Request) -> ApiResult<Re
     check_identity(t, &mut new)?;
 
     let (kv, old) = load(state, t).await?;
+    check_uid(t, &new, &old)?;
     if let Some(rv) = objects::resource_version(&new)
         && rv != kv.mod_revision.to_string()
     {
@@ -322,6 +323,23 @@ pub async fn update(state: &AppState, t: &Target, req: &Request) -> ApiResult<Re
         &warnings,
         state.config.now(),
     ))
+}
+
+/// A uid in the body is a precondition: the write is for that object, not for another
+/// one created since under the same name.
+fn check_uid(t: &Target, new: &Value, old: &Value) -> ApiResult<()> {
+    match (objects::uid(new), objects::uid(old)) {
+        (Some(wanted), Some(stored)) if !wanted.is_empty() && wanted != stored => {
+            Err(conflict_with(
+                t.res,
+                item_name(t),
+                &format!(
+                    "Precondition failed: UID in precondition: {wanted}, UID in object meta: {stored}"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The name and namespace in a body must be those of the URL (missing ones are
@@ -385,6 +403,7 @@ pub async fn patch(state: &AppState, t: &Target, req: &Request) -> ApiResult<Res
         })?;
         check_type(t.res, &mut new, t.res.kind)?;
         let warnings = check_fields(t.res, &new, validation)?;
+        check_uid(t, &new, &old)?;
         if let Some(rv) = objects::resource_version(&new)
             && rv != kv.mod_revision.to_string()
         {

@@ -419,6 +419,61 @@ async fn stale_update_is_a_conflict_and_status_is_separate() {
 }
 
 #[tokio::test]
+async fn a_write_for_a_deleted_pod_does_not_land_on_its_successor() {
+    let h = start().await;
+    let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");
+    let old = pods
+        .create(&PostParams::default(), &pod("web", "nginx:1.26"))
+        .await
+        .expect("create");
+    pods.delete("web", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete");
+    let new = pods
+        .create(&PostParams::default(), &pod("web", "nginx:1.27"))
+        .await
+        .expect("create again");
+    let (old_uid, new_uid) = (old.metadata.uid.clone(), new.metadata.uid.clone());
+    assert_ne!(old_uid, new_uid);
+
+    // A late status from the old pod's node, without a resourceVersion: its uid is a
+    // precondition.
+    let mut late = old.clone();
+    late.metadata.resource_version = None;
+    late.status.get_or_insert_with(Default::default).phase = Some("Succeeded".into());
+    let want = format!(
+        "Operation cannot be fulfilled on pods \"web\": Precondition failed: UID in precondition: {}, UID in object meta: {}",
+        old_uid.as_deref().unwrap_or(""),
+        new_uid.as_deref().unwrap_or("")
+    );
+    let err = api_error(
+        pods.replace_status("web", &PostParams::default(), &late)
+            .await
+            .expect_err("old uid"),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    assert_eq!(err.message, want);
+    // The same through a patch that names the old uid, and a plain update.
+    let patch = serde_json::json!({"metadata": {"uid": old_uid}, "status": {"phase": "Failed"}});
+    let err = api_error(
+        pods.patch_status("web", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect_err("old uid"),
+    );
+    assert_eq!((err.code, err.message.as_str()), (409, want.as_str()));
+    let err = api_error(
+        pods.replace("web", &PostParams::default(), &late)
+            .await
+            .expect_err("old uid"),
+    );
+    assert_eq!(err.code, 409);
+
+    let current = pods.get("web").await.expect("get");
+    assert_eq!(current.metadata.uid, new_uid);
+    assert_eq!(current.status.and_then(|s| s.phase), Some("Pending".into()));
+}
+
+#[tokio::test]
 async fn deletes_are_graceful_for_running_pods() {
     let h = start().await;
     let pods: Api<Pod> = Api::namespaced(h.client.clone(), "default");

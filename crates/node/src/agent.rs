@@ -505,7 +505,9 @@ async fn write_status(client: &kube::Client, pod: &Pod) -> Result<(), kube::Erro
         .await
     {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        // Gone, or replaced by a new pod of the same name (409: the uid is a precondition):
+        // there is no one left to tell.
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
         Err(err) => Err(err),
     }
 }
