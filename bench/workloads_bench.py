@@ -152,6 +152,8 @@ class PodWatch:
                     rec.setdefault("gone", now)
                     continue
                 spec, status = obj.get("spec", {}), obj.get("status", {})
+                if obj["metadata"].get("deletionTimestamp"):
+                    rec.setdefault("deleting", now)
                 if spec.get("nodeName"):
                     rec.setdefault("bound", now)
                 if status.get("phase") == "Running":
@@ -314,6 +316,17 @@ def bench_deployment(api, up_pid, replicas, runs, timeout):
         spread = (f"; pods' DELETED events from {gone_at[0]:.2f} s (median {statistics.median(gone_at):.2f} s) "
                   f"to {gone_at[-1]:.2f} s") if gone_at else ""
         print(f"    scale {replicas} -> 0, all pods gone: {took:.2f} s{spread}", flush=True)
+        snap = watch.snapshot()
+        deleting = sorted(r["deleting"] - start for r in snap.values() if "deleting" in r)
+        if deleting:
+            print(f"    deletionTimestamp set from {deleting[0]:.2f} s (median "
+                  f"{statistics.median(deleting):.2f} s) to {deleting[-1]:.2f} s", flush=True)
+        stages = [("deleting", "app.terminated", "deletion seen -> app terminated"),
+                  ("app.terminated", "proxy.terminated", "app terminated -> sidecar terminated"),
+                  ("proxy.terminated", "gone", "sidecar terminated -> pod gone")]
+        for a, b, label in stages:
+            print(f"      {label:40} {quantiles([r[b] - r[a] for r in snap.values() if a in r and b in r])}",
+                  flush=True)
     watch.stop = True
     print()
     summary(f"(1) Deployment 0 -> {replicas} replicas, until readyReplicas == {replicas}", ups, "s")
