@@ -141,11 +141,24 @@ pub struct UpstreamHandler {
 
 impl FakeUpstream {
     pub async fn start() -> Self {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .expect("udp");
+        // The port the kernel picks for UDP may be in use for TCP (another test's
+        // connection): pick again until both are free.
+        let mut attempts = 0;
+        let (udp, tcp) = loop {
+            let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .expect("udp");
+            let addr = udp.local_addr().expect("addr");
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, tcp),
+                Err(e) if attempts < 20 => {
+                    attempts += 1;
+                    eprintln!("{addr} is taken for TCP ({e}); picking another port");
+                }
+                Err(e) => panic!("no port free for both UDP and TCP: {e}"),
+            }
+        };
         let addr = udp.local_addr().expect("addr");
-        let tcp = TcpListener::bind(addr).await.expect("tcp on the same port");
         let questions = Arc::new(AtomicUsize::new(0));
         let mut server = hickory_server::Server::new(UpstreamHandler {
             questions: questions.clone(),
