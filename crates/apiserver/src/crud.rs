@@ -140,6 +140,11 @@ impl Selectors {
         Ok(Selectors { label, field })
     }
 
+    /// No selector: every object matches.
+    pub fn is_everything(&self) -> bool {
+        self.label.is_empty() && self.field.is_empty()
+    }
+
     pub fn matches(&self, res: &ResourceInfo, object: &Value) -> bool {
         if !self.label.is_empty() {
             let labels: BTreeMap<String, String> = object

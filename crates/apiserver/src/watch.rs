@@ -295,6 +295,12 @@ impl WatchStream {
                 let cur_in = cur
                     .as_ref()
                     .is_some_and(|o| self.filter.matches(self.res, o));
+                // Without a selector an object never leaves the selection: the old one
+                // is not needed (nor decoded, which would double the work per event).
+                if self.filter.is_everything() {
+                    let kind = if prev.is_some() { "MODIFIED" } else { "ADDED" };
+                    return cur.map(|o| self.event(kind, o));
+                }
                 // The old object as of this revision, as the cacher sends it when it
                 // leaves the selection.
                 let old = prev.and_then(|p| self.object(&p.value, revision));
