@@ -29,6 +29,7 @@ mod resolve;
 pub mod sandbox;
 pub mod shim;
 mod state;
+mod sweep;
 mod sys;
 mod volumes;
 
@@ -281,6 +282,8 @@ struct Inner {
     /// Per pod: held while its volume directories are written or removed, so that a
     /// refresh never races the pod's removal (and never brings a removed directory back).
     volume_locks: Mutex<BTreeMap<String, Arc<Mutex<()>>>>,
+    /// Kills what is left in stopped pods' namespaces, one `/proc` scan for many pods.
+    sweeper: sweep::Sweeper,
 }
 
 const GRAVEYARD_TTL: Duration = Duration::from_secs(600);
@@ -424,6 +427,7 @@ impl ProcessRuntime {
                 network: OnceLock::new(),
                 graveyard: Mutex::new(Vec::new()),
                 volume_locks: Mutex::new(BTreeMap::new()),
+                sweeper: sweep::Sweeper::new(),
             }),
         }
     }
@@ -639,34 +643,17 @@ impl ProcessRuntime {
         // Anything else still in the pod's namespaces (exec'd probes, escaped processes).
         // Namespace ids are inode numbers that a later namespace may reuse, so they are
         // read from the live sandbox while fds pin its namespaces.
-        const KINDS: [&str; 4] = ["net", "uts", "ipc", "mnt"];
-        let pinned = sb.process.open_namespaces(&KINDS).ok();
+        let kinds = procfs::POD_NAMESPACES;
+        let pinned = sb.process.open_namespaces(&kinds).ok();
         let ids = match &pinned {
-            Some(_) => sb.process.namespace_ids(&KINDS),
+            Some(_) => sb.process.namespace_ids(&kinds),
             None => Vec::new(),
         };
-        let sandbox_pid = sb.process.pid;
-        let _ = tokio::task::spawn_blocking(move || {
-            let _pinned = pinned;
-            let deadline = std::time::Instant::now() + LEFTOVER_TIMEOUT;
-            loop {
-                let left: Vec<i32> = procfs::members_of(&ids)
-                    .into_iter()
-                    .filter(|p| *p != sandbox_pid)
-                    .collect();
-                if left.is_empty() || std::time::Instant::now() > deadline {
-                    break;
-                }
-                for pid in left {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-        .await;
+        self.inner
+            .sweeper
+            .sweep(ids, sb.process.pid, LEFTOVER_TIMEOUT)
+            .await;
+        drop(pinned);
 
         kill_and_wait(sb.process).await;
         self.detach_network(&sb.uid).await;

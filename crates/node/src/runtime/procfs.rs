@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -86,14 +85,7 @@ impl ProcId {
 
     /// `/proc/<pid>/ns/<kind>` link targets such as `net:[4026532281]`.
     pub(crate) fn namespace_ids(&self, kinds: &[&str]) -> Vec<String> {
-        kinds
-            .iter()
-            .filter_map(|kind| {
-                fs::read_link(format!("/proc/{}/ns/{kind}", self.pid))
-                    .ok()
-                    .map(|p| p.to_string_lossy().into_owned())
-            })
-            .collect()
+        namespace_links(self.pid, kinds)
     }
 }
 
@@ -127,25 +119,19 @@ pub(crate) fn descendants(root: i32) -> Vec<(i32, Stat)> {
     out
 }
 
-/// Live (non-zombie) processes, other than the caller, that are in any of the namespaces
-/// named by `ids` (as returned by [`ProcId::namespace_ids`]).
-pub(crate) fn members_of(ids: &[String]) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let mut out = Vec::new();
-    for pid in all_pids() {
-        if pid == me {
-            continue;
-        }
-        let dir = PathBuf::from(format!("/proc/{pid}/ns"));
-        let member = ["net", "uts", "ipc", "mnt"].iter().any(|kind| {
-            fs::read_link(dir.join(kind))
-                .is_ok_and(|link| ids.iter().any(|id| link.as_os_str() == id.as_str()))
-        });
-        if member && stat(pid).is_some_and(|s| s.state != 'Z') {
-            out.push(pid);
-        }
-    }
-    out
+/// The namespaces a pod's sandbox holds and every process of the pod joins.
+pub(crate) const POD_NAMESPACES: [&str; 4] = ["net", "uts", "ipc", "mnt"];
+
+/// The links of `/proc/<pid>/ns/<kind>` (like `net:[4026531840]`) that could be read.
+pub(crate) fn namespace_links(pid: i32, kinds: &[&str]) -> Vec<String> {
+    kinds
+        .iter()
+        .filter_map(|kind| {
+            fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned())
+        })
+        .collect()
 }
 
 #[cfg(test)]
