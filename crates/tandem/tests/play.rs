@@ -199,7 +199,10 @@ spec:
   - name: b
     image: debian:12
     restartPolicy: Always
-    command: [sh, -c, "{STAMP} > /rec/b; exec sleep infinity"]
+    command: [sh, -c, "{STAMP} > /rec/b.tmp; mv /rec/b.tmp /rec/b; exec sleep infinity"]
+    # Without a probe b counts as started once its process runs, which may be before
+    # its first command wrote anything: the probe makes "started" mean "stamped".
+    startupProbe: {{exec: {{command: [test, -f, /rec/b]}}, periodSeconds: 1}}
     volumeMounts: [{{name: rec, mountPath: /rec}}]
   containers:
   - name: main
