@@ -37,5 +37,14 @@ fi
 
 # A one-off build gains nothing from incremental state, which would double the disk it uses.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+# A clean build needs about 2.5 GB; a full disk shows up as a linker crash, so say it first.
+target_dir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$target_dir"
+free_kb=$(df -Pk "$target_dir" | awk 'NR == 2 { print $4 }')
+if [[ -n "$free_kb" ]] && ((free_kb < 3 * 1024 * 1024)); then
+    echo "only $((free_kb / 1024)) MB free for $target_dir: the build needs about 3 GB" >&2
+    exit 1
+fi
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast "$@"
