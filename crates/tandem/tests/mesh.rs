@@ -38,34 +38,9 @@ fn install(c: &Cluster, native: bool) {
     c.ok(&["label", "namespace", "default", "istio-injection=enabled"]);
 }
 
-const CHECK_TRAFFIC: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: check
-spec:
-  initContainers:
-  - name: check-traffic
-    image: debian:12
-    command: ["curl", "-sS", "-m", "10", "httpbin:8000/get"]
-  containers:
-  - name: sleep
-    image: debian:12
-    command: ["/bin/sleep", "infinity"]
-"#;
-
-const EXITING: &str = r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: exiting
-spec:
-  restartPolicy: Never
-  containers:
-  - name: sleep
-    image: debian:12
-    command: ["/bin/sleep", "1"]
-"#;
+/// The README's replay of the blog uses these files; the tests apply the same ones.
+const CHECK_TRAFFIC: &str = include_str!("../../../examples/check-traffic.yaml");
+const EXITING: &str = include_str!("../../../examples/exiting-mesh-pod.yaml");
 
 fn columns(c: &Cluster, pod: &str) -> String {
     c.ok(&[
