@@ -555,6 +555,56 @@ async fn processes_forked_by_the_container_die_with_it() {
     f.stop(&sb).await;
 }
 
+/// A stop sends SIGTERM to the main process and its process group, as Kubernetes sends it
+/// to the container's first process; a process that left the group (a daemon) gets no
+/// SIGTERM but is killed once the main process has exited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_reaches_the_main_process_group_and_daemons_die_with_main() {
+    if !have_root() {
+        return;
+    }
+    let f = Fixture::new();
+    let loop_until_term =
+        |name: &str| format!("trap 'echo {name}-term; exit 0' TERM; while :; do sleep 0.05; done");
+    let script = format!(
+        "trap 'echo main-term; exit 0' TERM; \
+         sh -c \"{child}\" & \
+         setsid sh -c \"echo daemon \\$\\$; {daemon}\" & \
+         echo ready; while :; do sleep 0.05; done",
+        child = loop_until_term("child"),
+        daemon = loop_until_term("daemon"),
+    );
+    let p = pod("term-pod", json!([sh("app", &script)]), json!([]));
+    let sb = f.sandbox(&p).await;
+    let h = f.start(&sb, &p, "app", 0).await;
+    wait_for_line(&f.rt, &h, "ready").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let daemon: i32 = loop {
+        let found = log_lines(&f.rt, &h)
+            .iter()
+            .find_map(|l| l.strip_prefix("daemon ")?.parse().ok());
+        if let Some(pid) = found {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "{:?}", log_lines(&f.rt, &h));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(process_exists(daemon));
+
+    let e = f.rt.stop_container(&h, Duration::from_secs(10)).await;
+    assert_eq!(
+        (e.exit_code, e.signal),
+        (0, None),
+        "main ran its trap: {e:?}"
+    );
+    let lines = log_lines(&f.rt, &h);
+    assert!(lines.iter().any(|l| l == "main-term"), "{lines:?}");
+    assert!(lines.iter().any(|l| l == "child-term"), "{lines:?}");
+    assert!(!lines.iter().any(|l| l == "daemon-term"), "{lines:?}");
+    assert!(!process_exists(daemon), "the daemon outlived its container");
+    f.stop(&sb).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_commands_and_volumes_fail_cleanly() {
     if !have_root() {
