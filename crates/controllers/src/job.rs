@@ -297,10 +297,10 @@ async fn reconcile(cached: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let mut rest = decision.create.as_slice();
     let mut batch = 1;
     while !rest.is_empty() && create_error.is_none() {
-        let (now, later) = rest.split_at(batch.min(rest.len()));
+        let (this_batch, later) = rest.split_at(batch.min(rest.len()));
         rest = later;
         batch *= 2;
-        let results = futures::future::join_all(now.iter().map(|index| {
+        let results = futures::future::join_all(this_batch.iter().map(|index| {
             let pod = decide::new_pod(&job, *index);
             let pods_api = pods_api.clone();
             async move { pods_api.create(&PostParams::default(), &pod).await }

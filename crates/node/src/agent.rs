@@ -229,7 +229,7 @@ impl Agent {
                                 && pod.metadata.deletion_timestamp.is_some()
                                 && updates_tx_delete(&self.client, &pod).await.is_ok()
                             {
-                                self.remove_logs(&pod);
+                                remove_logs(&self.runtime, &pod);
                             }
                             continue;
                         }
@@ -238,7 +238,7 @@ impl Agent {
                             if pod.metadata.deletion_timestamp.is_some()
                                 && updates_tx_delete(&self.client, &pod).await.is_ok()
                             {
-                                self.remove_logs(&pod);
+                                remove_logs(&self.runtime, &pod);
                             }
                             continue;
                         }
@@ -334,10 +334,6 @@ impl Agent {
         }
     }
 
-    fn remove_logs(&self, pod: &Pod) {
-        remove_logs(&self.runtime, pod);
-    }
-
     /// Removes what pods without a worker left on disk: pods that finished (their logs
     /// stay for `kubectl logs`) and pods the API no longer knows (their containers are
     /// stopped first, and their logs go too).
@@ -379,10 +375,12 @@ struct ClientApi {
 }
 
 impl writer::Api for ClientApi {
-    fn write_status(&self, pod: &Pod) -> futures::future::BoxFuture<'_, Result<(), String>> {
-        let pod = pod.clone();
+    fn write_status<'a>(
+        &'a self,
+        pod: &'a Pod,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
-            write_status(&self.client, &pod)
+            write_status(&self.client, pod)
                 .await
                 .map_err(|e| e.to_string())
         })
@@ -401,13 +399,12 @@ impl writer::Api for ClientApi {
         })
     }
 
-    fn remove(&self, pod: &Pod) -> futures::future::BoxFuture<'_, ()> {
-        let pod = pod.clone();
+    fn remove<'a>(&'a self, pod: &'a Pod) -> futures::future::BoxFuture<'a, ()> {
         Box::pin(async move {
-            if let Err(err) = updates_tx_delete(&self.client, &pod).await {
+            if let Err(err) = updates_tx_delete(&self.client, pod).await {
                 tracing::warn!(%err, "removing a terminated pod");
             }
-            remove_logs(&self.runtime, &pod);
+            remove_logs(&self.runtime, pod);
         })
     }
 }

@@ -68,7 +68,10 @@ pub(super) fn newest(queued: impl IntoIterator<Item = StatusWrite>) -> Option<St
 
 /// How the writer talks to the API (the agent's client in production).
 pub(super) trait Api: Send + Sync + 'static {
-    fn write_status(&self, pod: &Pod) -> futures::future::BoxFuture<'_, Result<(), String>>;
+    fn write_status<'a>(
+        &'a self,
+        pod: &'a Pod,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>>;
     fn write_event<'a>(
         &'a self,
         pod: &'a Pod,
@@ -76,7 +79,7 @@ pub(super) trait Api: Send + Sync + 'static {
         at: Timestamp,
     ) -> futures::future::BoxFuture<'a, Result<(), String>>;
     /// The final removal of a terminated pod that is being deleted (and its logs).
-    fn remove(&self, pod: &Pod) -> futures::future::BoxFuture<'_, ()>;
+    fn remove<'a>(&'a self, pod: &'a Pod) -> futures::future::BoxFuture<'a, ()>;
 }
 
 /// A pod's two queues.
@@ -320,7 +323,10 @@ mod tests {
     }
 
     impl Api for Arc<Fake> {
-        fn write_status(&self, pod: &Pod) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        fn write_status<'a>(
+            &'a self,
+            pod: &'a Pod,
+        ) -> futures::future::BoxFuture<'a, Result<(), String>> {
             let line = format!(
                 "{}:{}",
                 pod.metadata.name.as_deref().unwrap_or(""),
@@ -356,7 +362,7 @@ mod tests {
                 Ok(())
             })
         }
-        fn remove(&self, pod: &Pod) -> futures::future::BoxFuture<'_, ()> {
+        fn remove<'a>(&'a self, pod: &'a Pod) -> futures::future::BoxFuture<'a, ()> {
             let line = format!("{}:removed", pod.metadata.name.as_deref().unwrap_or(""));
             Box::pin(async move { self.log.lock().unwrap().push(line) })
         }
